@@ -1,0 +1,1 @@
+"""Authentication and authorisation: citizens, scene partners, merchants, admin users."""

@@ -1,0 +1,108 @@
+"""Composition root: ``create_app`` wires the kernel and every domain's routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from app import errors
+from app.observability import RequestContextMiddleware, configure_logging
+from app.runtime import Runtime, open_runtime
+from app.settings import Settings, get_settings
+
+log = structlog.get_logger()
+
+BackgroundTask = Callable[[Runtime, asyncio.Event], Awaitable[None]]
+
+
+def background_tasks(settings: Settings) -> list[BackgroundTask]:
+    """Work that ``tanhui serve`` runs beside the API when ``TANHUI_RUN_WORKER`` is on."""
+    tasks: list[BackgroundTask] = []
+    if not settings.run_worker:
+        return tasks
+    with contextlib.suppress(ImportError):
+        from ingestion.worker import run_forever as run_points_worker
+
+        tasks.append(run_points_worker)
+    with contextlib.suppress(ImportError):
+        from points.jobs import run_scheduler as run_points_scheduler
+
+        tasks.append(run_points_scheduler)
+    return tasks
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """Build the ASGI app. Pass ``runtime`` to reuse services (tests); else it opens its own."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from app.migrations import check_current
+
+        own = runtime is None
+        rt = runtime or await open_runtime(settings)
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await check_current(rt.db)
+            app.state.runtime = rt
+            log.info("serving", **rt.describe())
+            if own:
+                tasks = [
+                    asyncio.create_task(t(rt, stop), name=getattr(t, "__module__", "task"))
+                    for t in background_tasks(settings)
+                ]
+            yield
+        finally:
+            stop.set()
+            for t in tasks:
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(t, timeout=10)
+            if own:
+                await rt.close()
+
+    app = FastAPI(
+        title="碳惠通 Tanhuitong API",
+        version="0.1.0",
+        summary="Chongqing carbon-inclusion platform, CQCER registry and trading",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    _include_routers(app)
+    return app
+
+
+def _include_routers(app: FastAPI) -> None:
+    from app import health
+
+    app.include_router(health.router)
+    with contextlib.suppress(ImportError):
+        from app.auth.router import router as auth_router
+
+        app.include_router(auth_router)
+    with contextlib.suppress(ImportError):
+        from app.calendar.router import router as calendar_router
+
+        app.include_router(calendar_router)
+    with contextlib.suppress(ImportError):
+        from app.console import router as console_router
+
+        app.include_router(console_router)
+    import ingestion.router
+    import mall.router
+    import offsets.router
+    import points.router
+    import registry.router
+    import scenes.router
+    import trading.router
+
+    for module in (scenes.router, points.router, ingestion.router, mall.router,
+                   registry.router, offsets.router, trading.router):
+        app.include_router(module.router)

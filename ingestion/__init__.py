@@ -1,0 +1,1 @@
+"""ingestion: see ../shared/ARCHITECTURE.md."""

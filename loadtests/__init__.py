@@ -1,0 +1,1 @@
+"""loadtests: see ../shared/ARCHITECTURE.md."""

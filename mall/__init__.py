@@ -1,0 +1,1 @@
+"""mall: see ../shared/ARCHITECTURE.md."""

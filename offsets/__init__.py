@@ -1,0 +1,1 @@
+"""offsets: see ../shared/ARCHITECTURE.md."""

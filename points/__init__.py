@@ -1,0 +1,1 @@
+"""points: see ../shared/ARCHITECTURE.md."""

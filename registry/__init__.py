@@ -1,0 +1,1 @@
+"""registry: see ../shared/ARCHITECTURE.md."""

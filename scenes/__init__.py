@@ -1,0 +1,1 @@
+"""scenes: see ../shared/ARCHITECTURE.md."""

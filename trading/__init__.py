@@ -1,0 +1,1 @@
+"""trading: see ../shared/ARCHITECTURE.md."""
