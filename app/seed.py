@@ -1,0 +1,33 @@
+"""Demo data for ``make run`` (``tanhui seed``): every record is labelled as demo data.
+
+Each domain contributes ``seed_demo(session)`` in its own ``seed.py``; running twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import structlog
+
+from app.runtime import Runtime
+
+log = structlog.get_logger()
+
+# Order matters: scenes and citizens before points, merchants before offers.
+DOMAINS = ("app.auth.seed", "scenes.seed", "points.seed", "mall.seed", "registry.seed")
+
+
+async def seed_demo(runtime: Runtime) -> None:
+    from app.migrations import check_current
+
+    await check_current(runtime.db)
+    for name in DOMAINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        async with runtime.db.transaction() as session:
+            summary = await module.seed_demo(session)
+        log.info("seeded", domain=name, **(summary or {}))
