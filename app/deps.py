@@ -72,3 +72,10 @@ def require(permission: str) -> type[Principal]:
 
     check.__name__ = f"require_{permission.replace('.', '_')}"
     return Annotated[Principal, Depends(check)]  # type: ignore[return-value]
+
+
+
+# Machine callers (scene partners, merchants) live in app.auth.deps; re-exported here so that
+# every route imports its caller from one module.
+from app.auth.deps import CurrentMerchant as CurrentMerchant  # noqa: E402
+from app.auth.deps import CurrentPartner as CurrentPartner  # noqa: E402
