@@ -11,6 +11,7 @@ import structlog
 from fastapi import FastAPI
 
 from app import errors
+from app.idempotency import IdempotencyMiddleware
 from app.observability import RequestContextMiddleware, configure_logging
 from app.runtime import Runtime, open_runtime
 from app.settings import Settings, get_settings
@@ -74,15 +75,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(IdempotencyMiddleware)  # inside the request context and body limit
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     _include_routers(app)
     return app
 
 
 def _include_routers(app: FastAPI) -> None:
-    from app import health
+    from app import audit, health
 
     app.include_router(health.router)
+    app.include_router(audit.router)
     with contextlib.suppress(ImportError):
         from app.auth.router import router as auth_router
 
