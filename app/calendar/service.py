@@ -26,6 +26,7 @@ from app import audit, clock
 from app.errors import Invalid, NotFound
 
 MIN_YEAR, MAX_YEAR = 2000, 2100
+_LOCK_CLASS = 0x63616C  # "cal": advisory lock class of calendar imports, one lock per year
 
 DayRow = tuple[date, bool, str | None]
 
@@ -302,6 +303,9 @@ def _exceptions(days: list[DayRow]) -> list[list[Any]]:
 async def write_year(session: AsyncSession, year: int, days: list[DayRow], *, source: str,
                      now: datetime) -> None:
     """Replace a year's days and publish it under a fresh version (set-based)."""
+    # Concurrent imports of one year take turns (else the second insert would collide).
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k, :y)"),
+                          {"k": _LOCK_CLASS, "y": year})
     await session.execute(
         text("DELETE FROM calendar_days WHERE day BETWEEN :a AND :b"),
         {"a": date(year, 1, 1), "b": date(year, 12, 31)},
