@@ -1,0 +1,556 @@
+"""The carbon points ledger (碳积分账本): credit, hold, release, redeem (注销), expire, check.
+
+Rules (DOMAIN.md, Art. 31–34):
+
+- Points are integers converted from integer grams of CO2e by the conversion rule in force
+  when the behaviour occurred; grams below one point are carried on the account, never lost
+  (Art. 31/34). The carry is kept in grams, so it stays exact when the rate changes: grams
+  carried from credits at an earlier rate are converted at the rate of the next credit.
+- Every credit is a lot valid at most 5 years (Art. 34; also a CHECK in the database).
+- Art. 34: points have no money value and cannot be transferred or traded; the operator may
+  not move or cancel a citizen's points. Points leave an account only by the citizen's
+  redemption (a citizen-initiated :func:`hold`, then :func:`redeem`) or by expiry
+  (:func:`expire_due`). This module has no other function that lowers a balance, and none
+  that moves points between accounts.
+
+Every function takes the caller's session and never commits; each write is one set-based
+statement, under the lock order accounts (by citizen) → holds → lots.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import clock
+from app.settings import get_settings
+from points import sql
+from points.errors import (
+    AccountNotFound,
+    AmountInvalid,
+    ConcurrentCredit,
+    CreditInvalid,
+    CursorInvalid,
+    HoldInvalid,
+    HoldNotActive,
+    HoldNotFound,
+    Insufficient,
+)
+
+__all__ = [
+    "AccountDiff",
+    "BalanceView",
+    "CreditIn",
+    "CreditResult",
+    "EntryView",
+    "HoldView",
+    "LotView",
+    "StatementPage",
+    "balance",
+    "check",
+    "credit_batch",
+    "expire_due",
+    "export_ledger",
+    "get_hold",
+    "hold",
+    "list_lots",
+    "open_holds",
+    "redeem",
+    "release",
+    "statement",
+]
+
+EXPIRING_WINDOW = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditIn:
+    """One accepted behaviour event to credit (the source of a credit entry)."""
+
+    citizen_id: UUID
+    scene_id: UUID
+    event_id: str
+    behaviour: str
+    occurred_at: datetime
+    grams: int  # CO2e grams of this event after caps (>= 0)
+    grams_per_point: int  # from the conversion rule in force at occurred_at (> 0)
+    reduction_rule_version_id: UUID
+    conversion_rule_version_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    new: list[tuple[UUID, str]]  # (scene_id, event_id) credited by this call
+    duplicates: list[tuple[UUID, str]]  # already in the ledger (or repeated in the batch)
+    points: int  # total points credited by this call
+
+
+@dataclass(frozen=True, slots=True)
+class HoldView:
+    """A hold (冻结) of points for a redemption."""
+
+    id: UUID
+    citizen_id: UUID
+    points: int
+    status: str  # active | released | redeemed
+    expires_at: datetime
+    reference: str
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    citizen_id: UUID
+    available: int
+    held: int
+    expiring_30d: int
+
+
+@dataclass(frozen=True, slots=True)
+class LotView:
+    """A lot (积分批次): the points of one credit and how long they are valid."""
+
+    id: int
+    points: int
+    remaining: int
+    expired: int
+    credited_at: datetime
+    expires_at: datetime
+    entry_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """One statement line; a credit names its source (scene, event, rules, grams)."""
+
+    id: int
+    kind: str
+    points: int
+    created_at: datetime
+    hold_id: UUID | None = None
+    reference: str | None = None
+    scene_id: UUID | None = None
+    event_id: str | None = None
+    behaviour: str | None = None
+    occurred_at: datetime | None = None
+    grams: int | None = None
+    grams_per_point: int | None = None
+    reduction_rule_version_id: UUID | None = None
+    conversion_rule_version_id: UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatementPage:
+    items: list[EntryView]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDiff:
+    """An account whose balances disagree with its entries, lots or holds."""
+
+    account_id: UUID
+    citizen_id: UUID
+    available: int
+    held: int
+    credited: int
+    redeemed: int
+    expired: int
+    lots_remaining: int
+    holds_held: int
+    problems: list[str] = field(default_factory=list)
+
+
+async def _driver(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection of the session's transaction (begun if it was not yet)."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    if not driver.is_in_transaction():
+        # SQLAlchemy's adapter issues BEGIN lazily, on its first statement.
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or clock.now()
+
+
+def _positive(points: int) -> int:
+    if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
+        raise AmountInvalid()
+    return points
+
+
+# --------------------------------------------------------------------------- credit
+
+
+async def credit_batch(
+    session: AsyncSession, credits: Sequence[CreditIn], *, now: datetime | None = None
+) -> CreditResult:
+    """Credit a batch of events in the caller's transaction, set-based.
+
+    Unique on ``(scene_id, event_id)``: an event already in the ledger (or repeated within
+    the batch) is a no-op reported in ``duplicates``. Each new event becomes a credit entry
+    naming its source; one with at least one point also becomes a lot expiring
+    ``points_validity_days`` after now (Art. 34: at most 5 years). Missing accounts are
+    created. After any sequence of credits at one rate, the points credited to an account
+    equal floor(total grams / grams_per_point); the remainder is the account's gram carry.
+    """
+    if not credits:
+        return CreditResult(new=[], duplicates=[], points=0)
+    now = _now(now)
+    expires_at = now + timedelta(days=get_settings().points_validity_days)
+    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
+    (citizens, scenes, events, behaviours, occurred, grams, rates, rrvs, crvs) = cols
+    for c in credits:
+        if c.grams < 0 or c.grams_per_point <= 0:
+            raise CreditInvalid(
+                f"event {c.event_id}: grams must be >= 0 and grams_per_point > 0"
+            )
+        citizens.append(c.citizen_id)
+        scenes.append(c.scene_id)
+        events.append(c.event_id)
+        behaviours.append(c.behaviour)
+        occurred.append(c.occurred_at)
+        grams.append(c.grams)
+        rates.append(c.grams_per_point)
+        rrvs.append(c.reduction_rule_version_id)
+        crvs.append(c.conversion_rule_version_id)
+    driver = await _driver(session)
+    await driver.execute(sql.LOCK_ACCOUNTS, sorted(set(citizens)), now)
+    rows = await driver.fetch(
+        sql.CREDIT_BATCH, citizens, scenes, events, behaviours, occurred, grams, rates,
+        rrvs, crvs, now, expires_at,
+    )
+    new_ords: set[int] = set()
+    total = 0
+    for ord_, points, inserted in rows:
+        if not inserted:
+            # Only another citizen's event with the same (scene, event id) committed between
+            # our duplicate check and insert can get here; the carry would be off by it.
+            raise ConcurrentCredit()
+        new_ords.add(ord_ - 1)
+        total += points
+    new: list[tuple[UUID, str]] = []
+    duplicates: list[tuple[UUID, str]] = []
+    for i, c in enumerate(credits):
+        (new if i in new_ords else duplicates).append((c.scene_id, c.event_id))
+    return CreditResult(new=new, duplicates=duplicates, points=total)
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def _hold_view(row: asyncpg.Record) -> HoldView:
+    return HoldView(
+        id=row["id"], citizen_id=row["citizen_id"], points=row["points"],
+        status=row["status"], expires_at=row["expires_at"], reference=row["reference"],
+    )
+
+
+async def hold(
+    session: AsyncSession,
+    citizen_id: UUID,
+    points: int,
+    *,
+    reference: str,
+    ttl_s: int | None = None,
+    now: datetime | None = None,
+) -> HoldView:
+    """The citizen sets ``points`` aside for a redemption (冻结), taking lots
+    first-expiring-first. The hold lapses after ``ttl_s`` (default ``hold_ttl_s``) and is
+    then released by :func:`expire_due`. Art. 34: this citizen-initiated hold is the only
+    way points can later leave an account other than by expiry."""
+    _positive(points)
+    if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
+        raise HoldInvalid("A hold needs a reference of 1 to 200 characters.")
+    ttl = get_settings().hold_ttl_s if ttl_s is None else ttl_s
+    if ttl <= 0:
+        raise HoldInvalid("The hold's time to live must be positive.")
+    now = _now(now)
+    driver = await _driver(session)
+    account = await driver.fetchrow(sql.ACCOUNT_FOR_UPDATE, citizen_id)
+    if account is None:
+        raise AccountNotFound()
+    hold_id = uuid.uuid4()
+    expires_at = now + timedelta(seconds=ttl)
+    ok, live = await driver.fetchrow(
+        sql.PLACE_HOLD, account["id"], now, points, hold_id, reference, expires_at
+    )
+    if not ok:
+        raise Insufficient(available=live, requested=points)
+    return HoldView(hold_id, citizen_id, points, "active", expires_at, reference)
+
+
+async def _locked_hold(
+    driver: asyncpg.Connection, hold_id: UUID, citizen_id: UUID | None
+) -> asyncpg.Record:
+    """Lock the hold's account, then the hold (the global lock order)."""
+    if not isinstance(hold_id, UUID):
+        raise HoldNotFound()
+    found = await driver.fetchrow(sql.HOLD_BY_ID, hold_id)
+    if found is None or (citizen_id is not None and found["citizen_id"] != citizen_id):
+        raise HoldNotFound()
+    await driver.execute(sql.ACCOUNT_BY_ID_FOR_UPDATE, found["account_id"])
+    row = await driver.fetchrow(sql.HOLD_FOR_UPDATE, hold_id)
+    assert row is not None
+    return row
+
+
+async def release(
+    session: AsyncSession,
+    hold_id: UUID,
+    *,
+    citizen_id: UUID | None = None,
+    now: datetime | None = None,
+) -> HoldView:
+    """Give a hold's points back to the lots they came from; a part whose lot expired
+    meanwhile expires instead. ``citizen_id`` restricts it to that citizen's holds."""
+    now = _now(now)
+    driver = await _driver(session)
+    row = await _locked_hold(driver, hold_id, citizen_id)
+    if row["status"] != "active":
+        raise HoldNotActive(row["status"])
+    await driver.fetch(sql.RELEASE_HOLDS.format(which="id = $2"), now, hold_id)
+    return HoldView(
+        row["id"], row["citizen_id"], row["points"], "released", row["expires_at"],
+        row["reference"],
+    )
+
+
+async def redeem(
+    session: AsyncSession, hold_id: UUID, *, now: datetime | None = None
+) -> HoldView:
+    """Redeem a hold: its points are cancelled (注销, Art. 34). Only a hold the citizen
+    placed and that is still active can be redeemed; nothing else debits an account."""
+    now = _now(now)
+    driver = await _driver(session)
+    row = await _locked_hold(driver, hold_id, None)
+    if row["status"] != "active":
+        raise HoldNotActive(row["status"])
+    if row["expires_at"] <= now:
+        raise HoldNotActive("lapsed")
+    await driver.fetchval(sql.REDEEM_HOLD, hold_id, now)
+    return HoldView(
+        row["id"], row["citizen_id"], row["points"], "redeemed", row["expires_at"],
+        row["reference"],
+    )
+
+
+async def get_hold(session: AsyncSession, hold_id: UUID) -> HoldView:
+    driver = await _driver(session)
+    row = await driver.fetchrow(sql.HOLD_BY_ID, hold_id)
+    if row is None:
+        raise HoldNotFound()
+    return _hold_view(row)
+
+
+async def open_holds(session: AsyncSession, citizen_id: UUID) -> list[HoldView]:
+    """The citizen's active holds, oldest first."""
+    driver = await _driver(session)
+    rows = await driver.fetch(
+        "SELECT h.id, a.citizen_id, h.points, h.status, h.expires_at, h.reference"
+        " FROM points_holds h JOIN points_accounts a ON a.id = h.account_id"
+        " WHERE a.citizen_id = $1 AND h.status = 'active' ORDER BY h.created_at, h.id",
+        citizen_id,
+    )
+    return [_hold_view(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+async def expire_due(session: AsyncSession, *, now: datetime | None = None) -> int:
+    """Release holds past their own expiry, then expire the remaining points of every lot
+    past ``expires_at`` (Art. 34). Set-based and idempotent: a second run finds nothing.
+    Returns the number of lots expired plus holds released."""
+    now = _now(now)
+    driver = await _driver(session)
+    await driver.execute(sql.LOCK_DUE_ACCOUNTS, now)
+    released = await driver.fetch(sql.RELEASE_HOLDS.format(which="expires_at <= $1"), now)
+    lots = await driver.fetchval(sql.EXPIRE_LOTS, now)
+    return int(lots) + len(released)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+async def balance(
+    session: AsyncSession, citizen_id: UUID, *, now: datetime | None = None
+) -> BalanceView:
+    """Available (not counting lots already past expiry), held, and expiring within 30
+    days. A citizen never credited has an empty balance."""
+    now = _now(now)
+    driver = await _driver(session)
+    row = await driver.fetchrow(sql.BALANCE, citizen_id, now, now + EXPIRING_WINDOW)
+    if row is None:
+        return BalanceView(citizen_id, 0, 0, 0)
+    return BalanceView(citizen_id, row["available"] - row["due"], row["held"], row["soon"])
+
+
+async def _account_id(driver: asyncpg.Connection, citizen_id: UUID) -> UUID | None:
+    value: UUID | None = await driver.fetchval(
+        "SELECT id FROM points_accounts WHERE citizen_id = $1", citizen_id
+    )
+    return value
+
+
+async def list_lots(
+    session: AsyncSession, citizen_id: UUID, *, include_spent: bool = False,
+    now: datetime | None = None,
+) -> list[LotView]:
+    """The citizen's lots, first-expiring-first: by default those with points left and not
+    yet past expiry."""
+    now = _now(now)
+    driver = await _driver(session)
+    account_id = await _account_id(driver, citizen_id)
+    if account_id is None:
+        return []
+    if include_spent:
+        rows = await driver.fetch(
+            "SELECT * FROM points_lots WHERE account_id = $1 ORDER BY expires_at, id",
+            account_id,
+        )
+    else:
+        rows = await driver.fetch(
+            "SELECT * FROM points_lots WHERE account_id = $1 AND remaining > 0"
+            " AND expires_at > $2 ORDER BY expires_at, id",
+            account_id, now,
+        )
+    return [
+        LotView(r["id"], r["points"], r["remaining"], r["expired"], r["credited_at"],
+                r["expires_at"], r["entry_id"])
+        for r in rows
+    ]
+
+
+def _encode_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e{entry_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("e"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CursorInvalid() from exc
+
+
+_ENTRY_COLUMNS = (
+    "id, kind, points, created_at, hold_id, reference, scene_id, event_id, behaviour,"
+    " occurred_at, grams, grams_per_point, reduction_rule_version_id,"
+    " conversion_rule_version_id"
+)
+
+
+async def statement(
+    session: AsyncSession, citizen_id: UUID, *, cursor: str | None = None, limit: int = 50
+) -> StatementPage:
+    """The citizen's entries, newest first, ``limit`` per page; pass ``next_cursor`` on."""
+    if not 1 <= limit <= 500:
+        raise AmountInvalid("limit must be between 1 and 500.")
+    before = _decode_cursor(cursor) if cursor else None
+    driver = await _driver(session)
+    account_id = await _account_id(driver, citizen_id)
+    if account_id is None:
+        return StatementPage([], None)
+    rows = await driver.fetch(
+        f"SELECT {_ENTRY_COLUMNS} FROM points_entries"
+        " WHERE account_id = $1 AND ($2::int8 IS NULL OR id < $2)"
+        " ORDER BY id DESC LIMIT $3",
+        account_id, before, limit + 1,
+    )
+    items = [EntryView(**dict(r)) for r in rows[:limit]]
+    nxt = _encode_cursor(items[-1].id) if len(rows) > limit else None
+    return StatementPage(items, nxt)
+
+
+async def export_ledger(session: AsyncSession, citizen_id: UUID) -> dict[str, Any]:
+    """Everything the ledger holds about a citizen (PIPL 查阅复制权), JSON-ready."""
+    driver = await _driver(session)
+    account = await driver.fetchrow(
+        "SELECT id, available, held, gram_carry, created_at FROM points_accounts"
+        " WHERE citizen_id = $1", citizen_id,
+    )
+    if account is None:
+        return {"account": None, "entries": [], "lots": [], "holds": []}
+    aid = account["id"]
+    entries = await driver.fetch(
+        f"SELECT {_ENTRY_COLUMNS} FROM points_entries WHERE account_id = $1 ORDER BY id", aid
+    )
+    lots = await driver.fetch("SELECT * FROM points_lots WHERE account_id = $1 ORDER BY id", aid)
+    holds = await driver.fetch(
+        "SELECT id, points, status, reference, created_at, expires_at, closed_at"
+        " FROM points_holds WHERE account_id = $1 ORDER BY created_at, id", aid,
+    )
+    allocations = await driver.fetch(
+        "SELECT x.hold_id, x.lot_id, x.points FROM points_hold_allocations x"
+        " JOIN points_holds h ON h.id = x.hold_id WHERE h.account_id = $1"
+        " ORDER BY x.hold_id, x.lot_id", aid,
+    )
+    return _jsonable({
+        "account": dict(account),
+        "entries": [dict(r) for r in entries],
+        "lots": [dict(r) for r in lots],
+        "holds": [dict(r) for r in holds],
+        "hold_allocations": [dict(r) for r in allocations],
+    })
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+async def check(session: AsyncSession) -> list[AccountDiff]:
+    """Reconcile every account (``tanhui points check``): credited = available + held +
+    redeemed + expired; available = the lots' remainders = the entries replayed; held = the
+    active holds = their allocations. Returns the accounts that differ."""
+    driver = await _driver(session)
+    diffs: list[AccountDiff] = []
+    for r in await driver.fetch(sql.CHECK):
+        problems: list[str] = []
+        if r["credited"] != r["available"] + r["held"] + r["redeemed"] + r["expired"]:
+            problems.append("credited != available + held + redeemed + expired")
+        if r["available"] != r["lots_remaining"]:
+            problems.append("available != sum of lots' remaining")
+        if not r["held"] == r["holds_held"] == r["allocated"]:
+            problems.append("held != active holds (or their allocations)")
+        replay_available = (
+            r["credited"] - r["held_in"] + r["released"] - (r["expired"] - r["expired_held"])
+        )
+        replay_held = r["held_in"] - r["released"] - r["redeemed"] - r["expired_held"]
+        if r["available"] != replay_available or r["held"] != replay_held:
+            problems.append("balances != entries replayed")
+        if r["lot_points"] != r["credited"] or r["lot_expired"] != r["expired"]:
+            problems.append("lots != credit/expiry entries")
+        if problems:
+            diffs.append(AccountDiff(
+                account_id=r["id"], citizen_id=r["citizen_id"], available=r["available"],
+                held=r["held"], credited=r["credited"], redeemed=r["redeemed"],
+                expired=r["expired"], lots_remaining=r["lots_remaining"],
+                holds_held=r["holds_held"], problems=problems,
+            ))
+    return diffs
