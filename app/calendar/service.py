@@ -117,7 +117,7 @@ async def _years(session: AsyncSession, first: int, last: int) -> dict[int, _Yea
                 text("SELECT year, version FROM calendar_years WHERE year BETWEEN :a AND :b"),
                 {"a": first, "b": last},
             )
-        ).tuples().all()
+        ).all()
     )
     result: dict[int, _Year] = {}
     for year in range(first, last + 1):
@@ -141,7 +141,7 @@ async def _load(session: AsyncSession, year: int, version: int) -> _Year:
             ),
             {"a": date(year, 1, 1), "b": date(year, 12, 31)},
         )
-    ).tuples().all()
+    ).all()
     first = date(year, 1, 1)
     if len(rows) != (date(year + 1, 1, 1) - first).days:
         raise _not_published(year)  # a year is only ever written whole; be safe anyway
@@ -223,7 +223,7 @@ async def get_year(session: AsyncSession, year: int) -> PublishedYear:
             ),
             {"a": date(year, 1, 1), "b": date(year, 12, 31)},
         )
-    ).tuples().all()
+    ).all()
     return PublishedYear(year=year, source=head.source, published_at=head.published_at,
                          days=[(d, w, n) for d, w, n in rows])
 

@@ -157,7 +157,7 @@ async def test_admin_audit_api_is_cursor_paginated(
     cursor = None
     pages = 0
     while True:
-        params = {"entity": "test_thing", "entity_id": ref, "limit": 2}
+        params: dict[str, str | int] = {"entity": "test_thing", "entity_id": ref, "limit": 2}
         if cursor:
             params["cursor"] = cursor
         r = await client.get("/v1/admin/audit", params=params,
