@@ -1,0 +1,107 @@
+"""Wire formats of ingestion: the partner's request (JSON), the answer, and the bus message.
+
+The request body is decoded by msgspec in **one call** straight from the raw bytes into
+typed structs (no dict, no ORM object per event). The bus message is MessagePack, an array
+per event, so the worker decodes thousands of events per millisecond.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+MAX_EVENTS = 1000
+
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Aware = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+
+
+class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One behaviour event (低碳行为数据) reported by a scene partner."""
+
+    event_id: EventId
+    partner_user_ref: Ref
+    behaviour: Code
+    quantity: Decimal
+    unit: Code
+    occurred_at: Aware
+    district_code: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/ingest/events:batch``: 1 to 1,000 events."""
+
+    events: list[EventIn]
+
+
+Outcome = Literal["accepted", "duplicate", "rejected"]
+
+
+class EventResult(msgspec.Struct, omit_defaults=True):
+    event_id: str
+    status: Outcome
+    code: str | None = None
+    detail: str | None = None
+
+
+class BatchResult(msgspec.Struct):
+    """Every event's outcome, in request order; the counts sum to the batch size."""
+
+    accepted: int
+    duplicates: int
+    rejected: int
+    results: list[EventResult]
+
+
+class BusEvent(msgspec.Struct, array_like=True):
+    """One accepted event on the bus (the worker's input). Times are UTC microseconds."""
+
+    scene_id: str
+    event_id: str
+    citizen_id: str
+    behaviour: str
+    quantity_milli: int
+    occurred_us: int
+    received_us: int
+    district_code: str | None = None
+
+
+class Envelope(msgspec.Struct, array_like=True):
+    """A bus message: the accepted events of one request that fall in one citizen bucket."""
+
+    v: int
+    events: list[BusEvent]
+
+
+ENVELOPE_VERSION = 1
+
+batch_decoder = msgspec.json.Decoder(BatchIn)
+event_decoder = msgspec.json.Decoder(EventIn)
+json_encoder = msgspec.json.Encoder()
+bus_encoder = msgspec.msgpack.Encoder()
+bus_decoder = msgspec.msgpack.Decoder(Envelope)
+bus_event_decoder = msgspec.msgpack.Decoder(BusEvent)
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def to_us(at: dt.datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, no float)."""
+    delta = at - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=us)
+
+
+def openapi_schema(struct: type) -> dict[str, Any]:
+    """A struct's JSON schema for the OpenAPI document (refs inlined under ``$defs``)."""
+    schema: dict[str, Any] = msgspec.json.schema(struct, ref_template="#/$defs/{name}")
+    return schema

@@ -1,0 +1,218 @@
+"""The points worker (积分入账): consume event batches from the bus and credit points.
+
+Each consumer loops: take a batch (thousands of events), credit it in **one database
+transaction** (rules, caps, ledger, dead letters), and only then commit the batch on the bus.
+A crash anywhere loses nothing (the batch comes back) and doubles nothing (the ledger is
+unique on ``(scene, event_id)``). Several consumers — in one process (``--consumers``) or in
+several processes — share the load: a Kafka consumer group, or ``SKIP LOCKED`` on the
+PostgreSQL queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import structlog
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from app import clock
+from app.bus import Batch, BusUnavailable, Consumer, Message
+from app.runtime import Runtime
+from ingestion import errors as E
+from ingestion import metrics
+from ingestion.crediting import (
+    DeadLetter,
+    Outcome,
+    apply_caps,
+    price_events,
+    store_dead_letters,
+)
+from ingestion.schemas import BusEvent, bus_decoder
+from ingestion.service import GROUP, ensure_topic, events_topic
+
+log = structlog.get_logger()
+
+MAX_MESSAGES = 400  # bus messages per batch (each holds one request's events of one bucket)
+POLL_TIMEOUT_S = 0.5
+LAG_EVERY_S = 5.0
+GIVE_UP_AFTER = 5  # attempts at a batch that fails for a non-transient reason
+
+
+def decode_messages(
+    messages: Sequence[Message],
+) -> tuple[list[tuple[bytes, BusEvent]], list[DeadLetter]]:
+    events: list[tuple[bytes, BusEvent]] = []
+    dead: list[DeadLetter] = []
+    for m in messages:
+        try:
+            envelope = bus_decoder.decode(m.value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            dead.append(DeadLetter(m.key, m.value, E.DL_DECODE, str(exc)[:500]))
+            continue
+        events.extend((m.key, ev) for ev in envelope.events)
+    return events, dead
+
+
+async def credit_messages(
+    runtime: Runtime, messages: Sequence[Message], *, topic: str | None = None,
+) -> Outcome:
+    """Credit one bus batch in one transaction; return what happened."""
+    from points import service as points
+    from scenes import service as scenes
+
+    topic = topic or events_topic(runtime.settings)
+    events, dead = decode_messages(messages)
+    outcome = Outcome()
+    now = clock.now()
+    async with runtime.db.transaction() as session:
+        if events:
+            rulebook = await scenes.rulebook(
+                session, {(UUID(ev.scene_id), ev.behaviour) for _, ev in events}
+            )
+            priced, unpriced = price_events(events, rulebook)
+            dead.extend(unpriced)
+            granted = await apply_caps(session, priced)
+            credits = [
+                points.CreditIn(
+                    citizen_id=UUID(p.event.citizen_id),
+                    scene_id=UUID(p.event.scene_id),
+                    event_id=p.event.event_id,
+                    behaviour=p.event.behaviour,
+                    occurred_at=p.occurred_at,
+                    grams=g,
+                    grams_per_point=p.grams_per_point,
+                    reduction_rule_version_id=p.reduction_rule_version_id,
+                    conversion_rule_version_id=p.conversion_rule_version_id,
+                )
+                for p, g in zip(priced, granted, strict=True)
+            ]
+            if credits:
+                result = await points.credit_batch(session, credits, now=now)
+                outcome.credited = _count(result.new)
+                outcome.duplicates = _count(result.duplicates)
+                outcome.points = _count(result.points)
+        await store_dead_letters(session, topic, dead)
+    outcome.dead = dead
+    return outcome
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else len(value)
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError |
+                      ConnectionError | BusUnavailable)
+
+
+async def _dead_letter_batch(
+    runtime: Runtime, topic: str, batch: Batch, exc: BaseException
+) -> None:
+    """A batch that keeps failing for a non-transient reason: park its messages whole."""
+    dead = [DeadLetter(m.key, m.value, E.DL_WORKER_ERROR, f"{type(exc).__name__}: {exc}"[:1000])
+            for m in batch.messages]
+    async with runtime.db.transaction() as session:
+        await store_dead_letters(session, topic, dead)
+    metrics.DEAD_LETTERS.labels(E.DL_WORKER_ERROR).inc(len(dead))
+
+
+async def handle_batch(runtime: Runtime, consumer: Consumer, topic: str, batch: Batch,
+                       stop: asyncio.Event) -> None:
+    """Credit a batch, retrying transient failures, then commit it on the bus."""
+    attempt = 0
+    while True:
+        attempt += 1
+        started = time.perf_counter()
+        try:
+            outcome = await credit_messages(runtime, batch.messages, topic=topic)
+            break
+        except Exception as exc:
+            metrics.WORKER_RETRIES.inc()
+            if not _transient(exc) and attempt >= GIVE_UP_AFTER:
+                log.exception("worker_batch_dead_lettered", messages=len(batch.messages))
+                await _dead_letter_batch(runtime, topic, batch, exc)
+                outcome = None
+                break
+            log.warning("worker_batch_retry", attempt=attempt, error=repr(exc)[:300])
+            await asyncio.sleep(min(0.05 * 2**attempt, 5.0))
+            if stop.is_set() and _transient(exc):
+                raise
+    await consumer.commit(batch)
+    if outcome is not None:
+        n = outcome.credited + outcome.duplicates + len(outcome.dead)
+        metrics.WORKER_BATCH_EVENTS.observe(n)
+        metrics.WORKER_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.WORKER_CREDITED.labels("credited").inc(outcome.credited)
+        metrics.WORKER_CREDITED.labels("duplicate").inc(outcome.duplicates)
+        for d in outcome.dead:
+            metrics.DEAD_LETTERS.labels(d.reason_code).inc()
+
+
+async def consume(runtime: Runtime, stop: asyncio.Event, *, name: str = "c0",
+                  max_messages: int = MAX_MESSAGES) -> None:
+    """One consumer of the group, until ``stop`` is set."""
+    topic = events_topic(runtime.settings)
+    await ensure_topic(runtime, topic)
+    consumer = runtime.bus.consumer(topic, GROUP)
+    await consumer.start()
+    log.info("worker_consumer_started", consumer=name, topic=topic, bus=runtime.bus.name)
+    next_lag = 0.0
+    try:
+        while not stop.is_set():
+            try:
+                batch = await consumer.get_batch(max_messages, POLL_TIMEOUT_S)
+            except BusUnavailable as exc:
+                log.warning("worker_bus_unavailable", error=str(exc)[:200])
+                await _sleep_or_stop(stop, 1.0)
+                continue
+            if batch is not None and batch.messages:
+                await handle_batch(runtime, consumer, topic, batch, stop)
+            now = time.monotonic()
+            if now >= next_lag:
+                next_lag = now + LAG_EVERY_S
+                with contextlib.suppress(Exception):
+                    metrics.BUS_LAG.labels(topic).set(await runtime.bus.lag(topic, GROUP))
+    finally:
+        await consumer.stop()
+        log.info("worker_consumer_stopped", consumer=name)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def run_forever(runtime: Runtime, stop: asyncio.Event, *, consumers: int = 1) -> None:
+    """Run ``consumers`` consumers until ``stop`` is set (``tanhui serve`` runs one)."""
+    tasks = [asyncio.create_task(consume(runtime, stop, name=f"c{i}"), name=f"points-worker-{i}")
+             for i in range(max(1, consumers))]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        for t in tasks:
+            if not t.done():
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(t, timeout=30)
+
+
+async def run_until_signal(runtime: Runtime, consumers: int = 1) -> None:
+    """``tanhui worker``: run until SIGTERM or SIGINT, finishing the batch in hand."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker_started", consumers=consumers, **runtime.describe())
+    await run_forever(runtime, stop, consumers=consumers)
