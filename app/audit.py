@@ -58,9 +58,11 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def _normalise(data: dict[str, Any] | None) -> dict[str, Any]:
+def _normalise(data: dict[Any, Any] | None) -> dict[str, Any]:
     """The JSON value as PostgreSQL's jsonb will give it back (so hashing is reproducible)."""
-    result = orjson.loads(orjson.dumps(data or {}, default=_default))
+    result = orjson.loads(
+        orjson.dumps(data or {}, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    )
     if not isinstance(result, dict):
         raise TypeError("audit data must be a JSON object")
     return result
@@ -93,7 +95,7 @@ async def append(
     action: str,
     entity: str,
     entity_id: str,
-    data: dict[str, Any] | None = None,
+    data: dict[Any, Any] | None = None,
     now: datetime | None = None,
 ) -> int:
     """Append one record to the chain in the caller's transaction; return its id.

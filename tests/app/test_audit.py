@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from uuid import uuid4
 
 import httpx
@@ -44,6 +46,22 @@ async def test_art17_appends_form_a_chain(runtime: Runtime) -> None:
     assert rows[1]["prev_hash"] == rows[0]["hash"] and rows[2]["prev_hash"] == rows[1]["hash"]
     assert rows[2]["data"] == {"n": 2, "amount_fen": 200, "note": "备注"}
     assert len(rows[0]["hash"]) == 32  # type: ignore[arg-type]
+    async with runtime.db.transaction() as session:
+        assert await audit.verify_chain(session) == []
+
+
+async def test_art17_rich_data_is_stored_as_json_and_still_verifies(runtime: Runtime) -> None:
+    ref, subject = uuid4().hex, uuid4()
+    data = {"subject": subject, "price": Decimal("12.50"), "day": date(2024, 10, 1),
+            "at": datetime(2024, 10, 1, 8, 0, tzinfo=UTC), 7: "seven",
+            "nested": {"b": 1, "a": [1.5]}}
+    async with runtime.db.transaction() as session:
+        id_ = await audit.append(session, actor="admin:test", action="test.rich",
+                                 entity="test_thing", entity_id=ref, data=data)
+    row = await _row(runtime, id_)
+    assert row["data"] == {"subject": str(subject), "price": "12.50", "day": "2024-10-01",
+                           "at": "2024-10-01T08:00:00+00:00", "7": "seven",
+                           "nested": {"a": [1.5], "b": 1}}
     async with runtime.db.transaction() as session:
         assert await audit.verify_chain(session) == []
 
