@@ -384,6 +384,7 @@ class Block(Base):
         Index("ix_registry_blocks_account", "account_id", "state", "vintage", "serial_start"),
         Index("ix_registry_blocks_lock", "lock_id"),
         Index("ix_registry_blocks_issuance", "issuance_id", "serial_start"),
+        Index("ix_registry_blocks_serial", "project_no", "instalment_no", "serial_start"),
     )
 
 
