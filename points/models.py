@@ -50,6 +50,7 @@ class Account(Base):
         CheckConstraint("available >= 0", name="available_nonnegative"),
         CheckConstraint("held >= 0", name="held_nonnegative"),
         CheckConstraint("gram_carry >= 0", name="gram_carry_nonnegative"),
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -210,13 +210,18 @@ async def credit_batch(
         return CreditResult(new=[], duplicates=[], points=0)
     now = _now(now)
     expires_at = now + timedelta(days=get_settings().points_validity_days)
-    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
-    (citizens, scenes, events, behaviours, occurred, grams, rates, rrvs, crvs) = cols
-    for c in credits:
+    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+    (citizens, scenes, events, behaviours, occurred, grams, rates, rrvs, crvs, ords) = cols
+    seen: set[tuple[UUID, str]] = set()
+    for i, c in enumerate(credits):
         if c.grams < 0 or c.grams_per_point <= 0:
             raise CreditInvalid(
                 f"event {c.event_id}: grams must be >= 0 and grams_per_point > 0"
             )
+        key = (c.scene_id, c.event_id)
+        if key in seen:  # repeated within the batch: the first occurrence counts
+            continue
+        seen.add(key)
         citizens.append(c.citizen_id)
         scenes.append(c.scene_id)
         events.append(c.event_id)
@@ -226,26 +231,24 @@ async def credit_batch(
         rates.append(c.grams_per_point)
         rrvs.append(c.reduction_rule_version_id)
         crvs.append(c.conversion_rule_version_id)
+        ords.append(i)
     driver = await _driver(session)
-    await driver.execute(sql.LOCK_ACCOUNTS, sorted(set(citizens)), now)
+    distinct_citizens = list(set(citizens))
+    await driver.execute(sql.LOCK_ACCOUNTS, distinct_citizens, now)
     rows = await driver.fetch(
         sql.CREDIT_BATCH, citizens, scenes, events, behaviours, occurred, grams, rates,
-        rrvs, crvs, now, expires_at,
+        rrvs, crvs, now, expires_at, ords,
     )
-    new_ords: set[int] = set()
-    total = 0
-    for ord_, points, inserted in rows:
-        if not inserted:
-            # Only another citizen's event with the same (scene, event id) committed between
-            # our duplicate check and insert can get here; the carry would be off by it.
-            raise ConcurrentCredit()
-        new_ords.add(ord_ - 1)
-        total += points
+    if rows and rows[0]["inserted"] != len(rows):
+        # Only another citizen's event with the same (scene, event id), committed between
+        # the duplicate check and the insert, gets here; the carry would be off by it.
+        raise ConcurrentCredit()
+    new_ords = {r["ord"] for r in rows}
     new: list[tuple[UUID, str]] = []
     duplicates: list[tuple[UUID, str]] = []
     for i, c in enumerate(credits):
         (new if i in new_ords else duplicates).append((c.scene_id, c.event_id))
-    return CreditResult(new=new, duplicates=duplicates, points=total)
+    return CreditResult(new=new, duplicates=duplicates, points=sum(r["points"] for r in rows))
 
 
 # --------------------------------------------------------------------------- holds

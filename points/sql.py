@@ -6,49 +6,51 @@ accounts (ascending ``citizen_id``) → holds → lots.
 
 from __future__ import annotations
 
-# Create the batch's missing accounts and lock all of them, in ascending citizen order.
-# ``DO UPDATE ... WHERE false`` locks an existing row without writing a new version.
+# Lock the batch's accounts in ascending citizen order and create the missing ones (the
+# rows a transaction inserts are its own until it commits). Existing accounts are skipped
+# without a speculative insertion.
 LOCK_ACCOUNTS = """
-INSERT INTO points_accounts AS a (id, citizen_id, created_at)
-SELECT gen_random_uuid(), c, $2 FROM unnest($1::uuid[]) AS c ORDER BY c
-ON CONFLICT (citizen_id) DO UPDATE SET gram_carry = a.gram_carry WHERE false
+WITH created AS (
+    INSERT INTO points_accounts (id, citizen_id, created_at)
+    SELECT gen_random_uuid(), c, $2 FROM unnest($1::uuid[]) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM points_accounts a WHERE a.citizen_id = c)
+    ORDER BY c
+    ON CONFLICT (citizen_id) DO NOTHING
+)
+SELECT 1 FROM points_accounts WHERE citizen_id = ANY($1::uuid[]) ORDER BY citizen_id FOR UPDATE
 """
 
-# The credit batch, one statement. Rows: the batch (with ordinal); ``fresh``: first occurrence
-# of each (scene, event) not yet in the ledger. Points from grams (Art. 31/34, rounding never
-# loses a citizen's grams): per account, the credits at the rate (grams per point) of its
-# latest credit convert ``carry + grams`` with a running sum, so a run of credits at one rate
-# yields exactly floor((carry + Σ grams) / rate) points and leaves the rest as the new carry;
-# grams left over by credits at another rate in the same batch join the carry first.
+# The credit batch, one statement, over events unique within the batch. ``fresh``: those not
+# yet in the ledger. Points from grams (Art. 31/34, rounding never loses a citizen's grams):
+# per account, the credits at the rate (grams per point) of its latest credit convert
+# ``carry + grams`` with a running sum, so credits at one rate yield exactly
+# floor((carry + sum of grams) / rate) points and leave the rest as the new carry; grams left
+# over by credits at another rate in the same batch join the carry first.
 CREDIT_BATCH = """
-WITH s AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::int8[], $7::int4[], $8::uuid[], $9::uuid[])
-        WITH ORDINALITY AS t(citizen_id, scene_id, event_id, behaviour, occurred_at,
-                             grams, gpp, rrv, crv, ord)
-), fresh AS (
-    SELECT DISTINCT ON (s.scene_id, s.event_id) s.*
-    FROM s
+WITH fresh AS (
+    SELECT s.*
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
+                $6::int8[], $7::int4[], $8::uuid[], $9::uuid[], $12::int4[])
+         AS s(citizen_id, scene_id, event_id, behaviour, occurred_at, grams, gpp, rrv, crv, ord)
     WHERE NOT EXISTS (SELECT 1 FROM points_entries e
                       WHERE e.scene_id = s.scene_id AND e.event_id = s.event_id)
-    ORDER BY s.scene_id, s.event_id, s.ord
 ), j AS (
     SELECT f.*, a.id AS account_id, a.gram_carry AS carry0,
-           first_value(f.gpp) OVER (PARTITION BY a.id ORDER BY f.occurred_at DESC, f.ord DESC)
-               AS last_gpp,
-           (sum(f.grams) OVER (PARTITION BY a.id, f.gpp ORDER BY f.occurred_at, f.ord
-                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))::int8 AS cum,
-           row_number() OVER (PARTITION BY a.id, f.gpp ORDER BY f.occurred_at, f.ord) AS rn
+           (sum(f.grams) OVER w)::int8 AS cum,
+           row_number() OVER w AS rn
     FROM fresh f JOIN points_accounts a ON a.citizen_id = f.citizen_id
+    WINDOW w AS (PARTITION BY a.id, f.gpp ORDER BY f.occurred_at, f.ord
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ), parts AS (
-    SELECT account_id, gpp, max(last_gpp) AS last_gpp, max(carry0) AS carry0,
-           (sum(grams))::int8 AS total
+    SELECT account_id, gpp, max(carry0) AS carry0, (sum(grams))::int8 AS total,
+           max(occurred_at) AS last_at, max(ord) AS last_ord
     FROM j GROUP BY account_id, gpp
 ), acct AS (
-    SELECT account_id, max(last_gpp) AS last_gpp,
-           max(carry0) + coalesce((sum(total % gpp) FILTER (WHERE gpp <> last_gpp))::int8, 0)
-               AS init_last,
-           (sum(total) FILTER (WHERE gpp = last_gpp))::int8 AS last_total
+    SELECT account_id, max(carry0) AS carry0,
+           (array_agg(gpp ORDER BY last_at DESC, last_ord DESC))[1] AS last_gpp,
+           (array_agg(total ORDER BY last_at DESC, last_ord DESC))[1] AS last_total,
+           (sum(total % gpp))::int8 AS rest_all,
+           (array_agg(total % gpp ORDER BY last_at DESC, last_ord DESC))[1] AS rest_last
     FROM parts GROUP BY account_id
 ), calc AS (
     SELECT j.*,
@@ -57,7 +59,8 @@ WITH s AS (
     FROM j
     JOIN acct USING (account_id)
     CROSS JOIN LATERAL (
-        SELECT CASE WHEN j.gpp = acct.last_gpp THEN acct.init_last ELSE 0 END AS init
+        SELECT CASE WHEN j.gpp = acct.last_gpp
+                    THEN acct.carry0 + acct.rest_all - acct.rest_last ELSE 0 END AS init
     ) x
 ), ins AS (
     INSERT INTO points_entries (account_id, kind, points, created_at, scene_id, event_id,
@@ -67,20 +70,20 @@ WITH s AS (
            grams, gpp, rrv, crv
     FROM calc ORDER BY account_id, occurred_at, ord
     ON CONFLICT (scene_id, event_id) DO NOTHING
-    RETURNING id, account_id, points, scene_id, event_id
+    RETURNING id, account_id, points
 ), lots AS (
     INSERT INTO points_lots (account_id, entry_id, points, remaining, credited_at, expires_at)
     SELECT account_id, id, points, points, $10, $11 FROM ins WHERE points > 0
 ), bal AS (
     UPDATE points_accounts a
     SET available = a.available + t.pts,
-        gram_carry = (acct.init_last + acct.last_total) % acct.last_gpp
+        gram_carry = (acct.carry0 + acct.rest_all - acct.rest_last + acct.last_total)
+                     % acct.last_gpp
     FROM (SELECT account_id, (sum(points))::int8 AS pts FROM ins GROUP BY account_id) t
     JOIN acct USING (account_id)
     WHERE a.id = t.account_id
 )
-SELECT c.ord, c.points, ins.id IS NOT NULL AS inserted
-FROM calc c LEFT JOIN ins ON ins.scene_id = c.scene_id AND ins.event_id = c.event_id
+SELECT ord, points, (SELECT count(*) FROM ins) AS inserted FROM calc
 """
 
 ACCOUNT_FOR_UPDATE = """
