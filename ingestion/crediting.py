@@ -214,6 +214,7 @@ SELECT :topic, k, p, s, e, c, r FROM unnest(
     CAST(:key AS bytea[]), CAST(:payload AS bytea[]), CAST(:scene AS uuid[]),
     CAST(:event AS text[]), CAST(:code AS text[]), CAST(:reason AS text[])
 ) AS t(k, p, s, e, c, r)
+ON CONFLICT DO NOTHING
 """)
 
 

@@ -40,6 +40,9 @@ dead_letters = Table(
     Column("replayed_at", DateTime(timezone=True), nullable=True),
     Column("replays", Integer, nullable=False, server_default="0"),
     Index("ix_ingest_dead_letters_open", "id", postgresql_where="replayed_at IS NULL"),
+    # A redelivered batch must not park the same event twice.
+    Index("uq_ingest_dead_letters_open_event", "scene_id", "event_id", "reason_code",
+          unique=True, postgresql_where="replayed_at IS NULL AND event_id IS NOT NULL"),
 )
 
 cap_usage = Table(

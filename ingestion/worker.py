@@ -15,7 +15,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Sequence
-from typing import Any
 from uuid import UUID
 
 import msgspec
@@ -60,18 +59,60 @@ def decode_messages(
     return events, dead
 
 
+class _Redo(Exception):
+    """Capped events of the batch were already credited: redo without them."""
+
+
+def _unique(events: list[tuple[bytes, BusEvent]]) -> tuple[list[tuple[bytes, BusEvent]], int]:
+    """Keep the first of each (scene, event_id) in the batch; count the repeats."""
+    seen: set[tuple[str, str]] = set()
+    kept: list[tuple[bytes, BusEvent]] = []
+    for item in events:
+        k = (item[1].scene_id, item[1].event_id)
+        if k not in seen:
+            seen.add(k)
+            kept.append(item)
+    return kept, len(events) - len(kept)
+
+
 async def credit_messages(
     runtime: Runtime, messages: Sequence[Message], *, topic: str | None = None,
 ) -> Outcome:
-    """Credit one bus batch in one transaction; return what happened."""
+    """Credit one bus batch in one transaction; return what happened.
+
+    A redelivered batch (the worker died after the database commit, before the bus commit)
+    holds events already in the ledger. The ledger refuses them again, but the caps must not
+    count them twice: when ``credit_batch`` reports duplicates among capped events, the
+    transaction is rolled back and redone without them (rare: only after a crash).
+    """
+    topic = topic or events_topic(runtime.settings)
+    decoded, dead = decode_messages(messages)
+    events, repeats = _unique(decoded)
+    skip: set[tuple[str, str]] = set()
+    for _ in range(3):
+        try:
+            outcome = await _credit_once(runtime, topic, events, dead, skip)
+        except _Redo as redo:
+            skip |= redo.args[0]
+            continue
+        outcome.duplicates += repeats + len(skip)
+        return outcome
+    raise RuntimeError("the batch kept meeting duplicates")
+
+
+async def _credit_once(
+    runtime: Runtime, topic: str, events: list[tuple[bytes, BusEvent]],
+    dead: list[DeadLetter], skip: set[tuple[str, str]],
+) -> Outcome:
     from points import service as points
     from scenes import service as scenes
 
-    topic = topic or events_topic(runtime.settings)
-    events, dead = decode_messages(messages)
+    if skip:
+        events = [e for e in events if (e[1].scene_id, e[1].event_id) not in skip]
     outcome = Outcome()
     now = clock.now()
     async with runtime.db.transaction() as session:
+        dead = list(dead)
         if events:
             rulebook = await scenes.rulebook(
                 session, {(UUID(ev.scene_id), ev.behaviour) for _, ev in events}
@@ -95,16 +136,18 @@ async def credit_messages(
             ]
             if credits:
                 result = await points.credit_batch(session, credits, now=now)
-                outcome.credited = _count(result.new)
-                outcome.duplicates = _count(result.duplicates)
-                outcome.points = _count(result.points)
+                if result.duplicates:
+                    dup = {(str(s), e) for s, e in result.duplicates}
+                    if any((p.event.scene_id, p.event.event_id) in dup
+                           and (p.day_cap is not None or p.year_cap is not None)
+                           for p in priced):
+                        raise _Redo(dup)
+                outcome.credited = len(result.new)
+                outcome.duplicates = len(result.duplicates)
+                outcome.points = result.points
         await store_dead_letters(session, topic, dead)
     outcome.dead = dead
     return outcome
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) else len(value)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -36,6 +36,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_ingest_dead_letters_open", "ingest_dead_letters", ["id"],
                     postgresql_where=sa.text("replayed_at IS NULL"))
+    op.create_index("uq_ingest_dead_letters_open_event", "ingest_dead_letters",
+                    ["scene_id", "event_id", "reason_code"], unique=True,
+                    postgresql_where=sa.text("replayed_at IS NULL AND event_id IS NOT NULL"))
     op.create_table(
         "ingest_cap_usage",
         sa.Column("citizen_id", sa.Uuid, nullable=False),
@@ -53,5 +56,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("ingest_cap_usage")
+    op.drop_index("uq_ingest_dead_letters_open_event", table_name="ingest_dead_letters")
     op.drop_index("ix_ingest_dead_letters_open", table_name="ingest_dead_letters")
     op.drop_table("ingest_dead_letters")
