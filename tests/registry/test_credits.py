@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from sqlalchemy import func, select, text
@@ -103,7 +104,7 @@ async def test_art29_cancelled_credits_can_never_be_used_again(runtime: Runtime)
             with pytest.raises(DomainError) as e:
                 await attempt
             assert e.value.code in ("registry.insufficient_credits", "registry.lock_not_active")
-    with pytest.raises(DBAPIError, match="Art. 29"):
+    with pytest.raises(DBAPIError, match=r"Art\. 29"):
         async with runtime.db.transaction() as s:
             await s.execute(text("UPDATE registry_blocks SET state = 'held', "
                                  "cancellation_id = NULL WHERE id = :b"), {"b": done[0].id})
@@ -113,7 +114,7 @@ async def test_art17_registry_records_are_never_deleted(runtime: Runtime) -> Non
     """Art. 17: records are kept; PostgreSQL refuses to delete them."""
     async with runtime.db.transaction() as s:
         _, account, _ = await holder_with(s, 3)
-    with pytest.raises(DBAPIError, match="Art. 17"):
+    with pytest.raises(DBAPIError, match=r"Art\. 17"):
         async with runtime.db.transaction() as s:
             await s.execute(text("DELETE FROM registry_blocks WHERE account_id = :a"),
                             {"a": account})
@@ -163,7 +164,7 @@ async def test_art30_one_state_per_tonne_blocks_partition_each_issuance(
                                 .order_by(Block.serial_start))).scalars().all()
         spans = [(r.serial_start, r.serial_end) for r in rows]
         assert spans[0][0] == 1 and spans[-1][1] == 40
-        assert all(x[1] + 1 == y[0] for x, y in zip(spans, spans[1:], strict=False))
+        assert all(x[1] + 1 == y[0] for x, y in itertools.pairwise(spans))
         first = rows[0]
     with pytest.raises(DBAPIError):
         async with runtime.db.transaction() as s:
