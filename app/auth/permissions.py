@@ -38,6 +38,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "registry.decide": frozenset({"bureau"}),
     "registry.verify": frozenset({"vvb"}),
     "registry.sanction": frozenset({"registry_agency", "bureau"}),
+    "registry.accounts": frozenset({"registry_agency"}),
     "registry.read": frozenset({"registry_agency", "bureau", "district_bureau", "auditor",
                                 "exchange"}),
     # trading and offsets — Art. 23–30
