@@ -208,7 +208,7 @@ async def bus_client(bus_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-async def drain(runtime: Runtime, *, idle_s: float = 1.0, max_messages: int = 400) -> None:
+async def drain(runtime: Runtime, *, idle_s: float = 0.3, max_messages: int = 400) -> None:
     """Run one consumer of the worker group until no message came for ``idle_s`` (the first
     wait is longer on Kafka: joining the group takes a few seconds on Tansu)."""
     import asyncio
