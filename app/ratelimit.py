@@ -33,7 +33,7 @@ class Limit:
 class RateLimiter:
     def __init__(self, runtime: Runtime) -> None:
         storage = RedisStorage(
-            "async+redis://localhost",  # unused: the runtime's pool is passed below
+            "async+redis://localhost:6379",  # unused: the runtime's pool is passed below
             implementation="redispy",
             key_prefix=runtime.key("limits"),
             connection_pool=runtime.redis.connection_pool,  # type: ignore[arg-type]
