@@ -21,7 +21,7 @@ from uuid import UUID
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import clock
 from app.auth.models import ApiClient, ApiClientKey
@@ -219,16 +219,16 @@ async def load_client_keys(session: AsyncSession, client_pk: UUID) -> ClientKeys
     return ClientKeys(bool(active), keys)
 
 
-async def cached_client_keys(sessions: object, client_pk: UUID) -> ClientKeys | None:
-    """:func:`load_client_keys` through a per-process cache of a few seconds.
-
-    ``sessions`` is an ``async_sessionmaker`` (``runtime.db.sessions``).
-    """
+async def cached_client_keys(
+    sessions: async_sessionmaker[AsyncSession], client_pk: UUID
+) -> ClientKeys | None:
+    """:func:`load_client_keys` through a per-process cache of a few seconds
+    (``sessions`` is ``runtime.db.sessions``)."""
     hit = _key_cache.get(client_pk)
     mono = time.monotonic()
     if hit is not None and hit[0] > mono:
         return hit[1]
-    async with sessions() as session:  # type: ignore[operator]
+    async with sessions() as session:
         loaded = await load_client_keys(session, client_pk)
     if loaded is not None:
         if len(_key_cache) > 10_000:
