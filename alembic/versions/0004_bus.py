@@ -1,4 +1,4 @@
-"""bus: the durable PostgreSQL queue of the embedded default.
+"""bus: the durable PostgreSQL queue of the embedded default (see app/bus/pgqueue.py).
 
 Revision ID: 0004
 Revises: 0003
@@ -22,12 +22,13 @@ def upgrade() -> None:
         "bus_messages",
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
         sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("part", sa.SmallInteger, nullable=False),
         sa.Column("key", sa.LargeBinary, nullable=False),
         sa.Column("value", sa.LargeBinary, nullable=False),
         sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False,
                   server_default=sa.func.now()),
     )
-    op.create_index("ix_bus_messages_topic_id", "bus_messages", ["topic", "id"])
+    op.create_index("ix_bus_messages_topic_part_id", "bus_messages", ["topic", "part", "id"])
 
 
 def downgrade() -> None:
