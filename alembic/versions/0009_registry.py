@@ -383,6 +383,7 @@ def upgrade() -> None:
     op.create_index('ix_registry_blocks_account', 'registry_blocks', ['account_id', 'state', 'vintage', 'serial_start'], unique=False)
     op.create_index('ix_registry_blocks_issuance', 'registry_blocks', ['issuance_id', 'serial_start'], unique=False)
     op.create_index('ix_registry_blocks_lock', 'registry_blocks', ['lock_id'], unique=False)
+    op.create_index('ix_registry_blocks_serial', 'registry_blocks', ['project_no', 'instalment_no', 'serial_start'], unique=False)
 
     op.create_foreign_key(
         "fk_registry_projects_notice_id_registry_notices", "registry_projects",
