@@ -287,8 +287,15 @@ async def _load(db: Database, scope_hash: bytes, key: str) -> Any:
 
 async def _finish(db: Database, scope_hash: bytes, key: str, status: int,
                   headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-    """Keep a response below 500 for replay; free the key after a 5xx so a retry can run."""
-    if status >= 500:
+    """Keep a response below 500 for replay; free the key after a 5xx so a retry can run.
+
+    A response marked ``Cache-Control: no-store`` (tokens, secrets shown once) is never kept:
+    the key is freed instead, so credentials are not stored at rest for replay.
+    """
+    no_store = any(
+        k.lower() == b"cache-control" and b"no-store" in v.lower() for k, v in headers
+    )
+    if status >= 500 or no_store:
         await _release(db, scope_hash, key)
         return
     async with db.transaction() as session:
