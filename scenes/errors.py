@@ -24,7 +24,7 @@ class SceneNotActive(Conflict):
     """Art. 32: a suspended or ended scene takes no new links and no events."""
 
     def __init__(self, status: str) -> None:
-        super().__init__("scene.not_active", f"The scene is {status}.", status=status)
+        super().__init__("scene.not_active", f"The scene is {status}.", scene_status=status)
 
 
 class RuleUnknown(NotFound):

@@ -49,7 +49,7 @@ from scenes.schemas import (
     milli_text,
 )
 
-MAX_GRAMS_PER_UNIT_MILLI = 10**12  # one tonne per unit: anything above is a typo
+MAX_GRAMS_PER_UNIT_MILLI = 10**9  # one tonne (10^6 g) per unit: anything above is a typo
 MAX_CAP = 10**12
 _CONVERSION_LOCK = 0x73_63_6E_63_76  # "scncv": serialises conversion-rule publications
 
@@ -93,10 +93,14 @@ def _check_window(valid_from: datetime, valid_to: datetime | None) -> None:
 class Window(Protocol):
     """A version's identity and validity window ``[valid_from, valid_to)``."""
 
-    id: UUID
-    version: int | None
-    valid_from: datetime
-    valid_to: datetime | None
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def valid_from(self) -> datetime: ...
+    @property
+    def valid_to(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import audit, clock
 from app.auth import citizens, clients
 from app.errors import Conflict, Invalid
-from scenes.errors import CategoryUnknown, SceneUnknown
+from scenes.errors import CategoryUnknown, SceneNotActive, SceneUnknown
 from scenes.lookup import (
     ConversionRule,
     Link,
@@ -250,7 +250,7 @@ async def issue_credentials(
     now = now or clock.now()
     scene = await get_scene_row(session, scene_id, lock=True)
     if scene.status == "ended":
-        raise Conflict("scene.not_active", "The scene has ended.", status="ended")
+        raise SceneNotActive("ended")
     client_id, secret = await clients.create_client(
         session, scope_id=scene.id, name=f"{scene.code} · {scene.partner_name}")
     session.add(SceneClient(client_id=client_id, scene_id=scene.id, created_at=now))

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
 
+from app import clock
 from app.auth import citizens, clients
 from app.auth.signing import sign_headers
 from app.auth.tokens import issue_access_token
@@ -25,6 +26,7 @@ from scenes import consent, rules, service
 from scenes.schemas import (
     BehaviourIn,
     ConsentIn,
+    ConversionRuleDraft,
     ReductionRuleDraft,
     ReductionRuleOut,
     SceneCreate,
@@ -109,6 +111,32 @@ async def grant(
         return await consent.grant_consent(
             s, citizen_id, ConsentIn(scene_code=scene_code, privacy_notice_version="2024-09"),
             now=now)
+
+
+async def free_conversion_start(runtime: Runtime) -> datetime:
+    """A start for test conversion windows after every published one, with a version kept in
+    force now: the conversion series is global to the run's database and shared with other
+    packages' tests, which expect one to be in force, so tests must not depend on order."""
+    await ensure_conversion_now(runtime)
+    async with runtime.db.session() as s:
+        last = await s.scalar(text(
+            "SELECT max(coalesce(valid_to, valid_from)) FROM conversion_rules "
+            "WHERE status = 'published'"))
+    after = max(last or T0, clock.now())
+    return datetime(after.year + 2, 1, 1, tzinfo=UTC)
+
+
+async def ensure_conversion_now(runtime: Runtime) -> None:
+    """Publish the run's first conversion version (10 g per point, open since 2020)."""
+    async with runtime.db.transaction() as s:
+        published = await s.scalar(text(
+            "SELECT count(*) FROM conversion_rules WHERE status = 'published'"))
+        if not published:
+            draft = await rules.draft_conversion_rule(
+                s, ConversionRuleDraft(grams_per_point=10, valid_from=datetime(2020, 1, 1,
+                                                                                tzinfo=UTC)),
+                actor=ACTOR)
+            await rules.publish_conversion_rule(s, draft.id, actor=ACTOR)
 
 
 @dataclass
