@@ -115,6 +115,7 @@ def upgrade() -> None:
         sa.Column("roles", postgresql.ARRAY(sa.Text()), server_default=sa.text("'{}'"),
                   nullable=False),
         sa.Column("district_code", sa.String(length=12), nullable=True),
+        sa.Column("acts_for", sa.Uuid(), nullable=True),
         sa.Column("is_active", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_admin_users")),

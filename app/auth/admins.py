@@ -148,6 +148,7 @@ async def create_admin_user(
     password: str,
     roles: list[str] | set[str] | frozenset[str],
     district_code: str | None = None,
+    acts_for: UUID | None = None,
     actor: str,
     enrol_totp: bool = False,
     now: datetime | None = None,
@@ -166,7 +167,8 @@ async def create_admin_user(
     enrolment: TotpEnrolment | None = None
     row = AdminUser(
         id=uuid.uuid4(), username=username, password_hash=await hash_password(password),
-        roles=sorted(set(roles)), district_code=district_code, is_active=True, created_at=now,
+        roles=sorted(set(roles)), district_code=district_code, acts_for=acts_for,
+        is_active=True, created_at=now,
     )
     if enrol_totp:
         secret = pyotp.random_base32()
@@ -177,7 +179,7 @@ async def create_admin_user(
     await session.flush()
     await _audit(session, actor, "admin_user.create", row.id, {
         "username": username, "roles": row.roles, "district_code": district_code,
-        "totp_enrolled": enrol_totp,
+        "acts_for": str(acts_for) if acts_for else None, "totp_enrolled": enrol_totp,
     })
     return _view(row), enrolment
 
@@ -254,7 +256,8 @@ async def update_admin_user(
 def _access(row: AdminUser) -> AdminToken:
     return AdminToken(
         access_token=issue_access_token(
-            "admin", row.id, roles=frozenset(row.roles), district=row.district_code
+            "admin", row.id, roles=frozenset(row.roles), district=row.district_code,
+            scope_id=row.acts_for,
         ),
         expires_in=get_settings().access_token_ttl_s,
         user=_view(row),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -22,6 +23,9 @@ def create(
     district: Annotated[
         str | None, typer.Option(help="6-digit district code, for district_bureau")
     ] = None,
+    acts_for: Annotated[
+        str | None, typer.Option(help="id of the body the user acts for (the VVB of a vvb)")
+    ] = None,
 ) -> None:
     """Create an admin user with TOTP enrolled at once; prints the otpauth:// URI."""
     from app.auth.admins import create_admin_user
@@ -33,6 +37,7 @@ def create(
             return await create_admin_user(
                 session, username=username, password=password, roles=role,
                 district_code=district, actor="cli", enrol_totp=True,
+                acts_for=UUID(acts_for) if acts_for else None,
             )
 
     try:

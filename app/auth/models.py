@@ -132,6 +132,8 @@ class AdminUser(Base):
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     roles: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     district_code: Mapped[str | None] = mapped_column(String(12))
+    # The body the user acts for, where the role needs one (the VVB of a `vvb` user).
+    acts_for: Mapped[uuid.UUID | None] = mapped_column()
     is_active: Mapped[bool] = mapped_column(Boolean, server_default=true())
     created_at: Mapped[datetime] = mapped_column(TS)
 

@@ -238,7 +238,8 @@ async def create_admin_user(body: AdminUserCreate, admin: ManageUsers, db: Db) -
     async with db.transaction() as session:
         view, _ = await admins.create_admin_user(
             session, username=body.username, password=body.password, roles=body.roles,
-            district_code=body.district_code, actor=f"admin:{admin.id}",
+            district_code=body.district_code, acts_for=body.acts_for,
+            actor=f"admin:{admin.id}",
         )
     return AdminUserOut.model_validate(view)
 

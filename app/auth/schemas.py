@@ -91,6 +91,9 @@ class AdminUserCreate(BaseModel):
     password: str = Field(max_length=1024)
     roles: list[str] = Field(min_length=1)
     district_code: str | None = None
+    acts_for: UUID | None = Field(
+        default=None, description="the body the user acts for, e.g. the VVB of a vvb user"
+    )
 
 
 class AdminUserUpdate(BaseModel):

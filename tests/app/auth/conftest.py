@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 
@@ -86,12 +87,12 @@ async def login_citizen(c: httpx.AsyncClient, sms: DevSmsSender, phone: str) -> 
 
 async def make_admin(
     runtime: Runtime, roles: list[str], *, enrolled: bool = True, district: str | None = None,
-    password: str = "correct horse battery",
+    password: str = "correct horse battery", acts_for: uuid.UUID | None = None,
 ) -> tuple[admins.AdminUserView, pyotp.TOTP | None]:
     async with runtime.db.transaction() as s:
         view, enrolment = await admins.create_admin_user(
             s, username=f"u{secrets.token_hex(5)}", password=password, roles=roles,
-            district_code=district, actor="test", enrol_totp=enrolled,
+            district_code=district, actor="test", enrol_totp=enrolled, acts_for=acts_for,
         )
     return view, pyotp.TOTP(enrolment.secret) if enrolment else None
 

@@ -241,6 +241,19 @@ async def test_district_bureau_token_carries_its_district(
     assert principal.district == "500106" and principal.roles == {"district_bureau"}
 
 
+async def test_vvb_token_names_the_vvb_it_acts_for(
+    runtime: Runtime, client_from: ClientFactory
+) -> None:
+    """A VVB user's access token carries its VVB as scope (Art. 17/21 checks need it)."""
+    vvb_id = uuid.uuid4()
+    view, totp = await make_admin(runtime, ["vvb"], acts_for=vvb_id)
+    assert totp is not None
+    r = await client_from().post("/v1/admin/login", json={
+        "username": view.username, "password": PASSWORD, "totp_code": totp.now()})
+    principal: Principal = decode_access_token(r.json()["access_token"])
+    assert principal.scope_id == vvb_id and principal.roles == {"vvb"}
+
+
 async def test_admin_cannot_lock_themselves_out(runtime: Runtime) -> None:
     view, _ = await make_admin(runtime, ["operator_admin"])
     from app.errors import Conflict
