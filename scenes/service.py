@@ -11,6 +11,7 @@ Every admin write here appends to the audit log in the caller's transaction.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -111,24 +112,36 @@ async def get_scene_row(session: AsyncSession, scene_id: UUID, *, lock: bool = F
     return scene
 
 
+async def _scenes_out(session: AsyncSession, scenes: Sequence[Scene]) -> list[SceneOut]:
+    """Scenes with their behaviours and client ids: three queries however many scenes."""
+    ids = [sc.id for sc in scenes]
+    behaviours: dict[UUID, list[BehaviourOut]] = {}
+    for b in (await session.scalars(
+            select(Behaviour).where(Behaviour.scene_id.in_(ids)).order_by(Behaviour.code))):
+        behaviours.setdefault(b.scene_id, []).append(BehaviourOut.model_validate(b))
+    client_ids: dict[UUID, list[str]] = {}
+    for scene_id, client_id in (await session.execute(
+            select(SceneClient.scene_id, SceneClient.client_id)
+            .where(SceneClient.scene_id.in_(ids)).order_by(SceneClient.created_at))).all():
+        client_ids.setdefault(scene_id, []).append(client_id)
+    return [
+        SceneOut(
+            id=sc.id, code=sc.code, name_zh=sc.name_zh, name_en=sc.name_en,
+            category=sc.category_code, partner_name=sc.partner_name,
+            partner_credit_code=sc.partner_credit_code, agreement_ref=sc.agreement_ref,
+            agreement_signed_on=sc.agreement_signed_on,
+            agreement_starts_on=sc.agreement_starts_on,
+            agreement_ends_on=sc.agreement_ends_on, claim_window_days=sc.claim_window_days,
+            status=sc.status,  # type: ignore[arg-type]
+            status_changed_at=sc.status_changed_at, is_demo=sc.is_demo,
+            behaviours=behaviours.get(sc.id, []), client_ids=client_ids.get(sc.id, []),
+        )
+        for sc in scenes
+    ]
+
+
 async def scene_out(session: AsyncSession, scene: Scene) -> SceneOut:
-    behaviours = (await session.scalars(
-        select(Behaviour).where(Behaviour.scene_id == scene.id).order_by(Behaviour.code))).all()
-    client_ids = (await session.scalars(
-        select(SceneClient.client_id).where(SceneClient.scene_id == scene.id)
-        .order_by(SceneClient.created_at))).all()
-    return SceneOut(
-        id=scene.id, code=scene.code, name_zh=scene.name_zh, name_en=scene.name_en,
-        category=scene.category_code, partner_name=scene.partner_name,
-        partner_credit_code=scene.partner_credit_code, agreement_ref=scene.agreement_ref,
-        agreement_signed_on=scene.agreement_signed_on,
-        agreement_starts_on=scene.agreement_starts_on,
-        agreement_ends_on=scene.agreement_ends_on, claim_window_days=scene.claim_window_days,
-        status=scene.status,  # type: ignore[arg-type]
-        status_changed_at=scene.status_changed_at, is_demo=scene.is_demo,
-        behaviours=[BehaviourOut.model_validate(b) for b in behaviours],
-        client_ids=list(client_ids),
-    )
+    return (await _scenes_out(session, [scene]))[0]
 
 
 async def scene_id_by_code(session: AsyncSession, code: str) -> UUID:
@@ -147,7 +160,7 @@ async def list_scenes(session: AsyncSession, *, status: str | None = None) -> li
     stmt = select(Scene).order_by(Scene.code)
     if status is not None:
         stmt = stmt.where(Scene.status == status)
-    return [await scene_out(session, s) for s in (await session.scalars(stmt)).all()]
+    return await _scenes_out(session, (await session.scalars(stmt)).all())
 
 
 def _check_agreement_dates(scene: Scene) -> None:

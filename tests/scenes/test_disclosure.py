@@ -3,6 +3,7 @@ rules, registered citizens — public, without authentication. Plus the OpenAPI 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
@@ -127,3 +128,23 @@ async def test_seed_demo_is_idempotent_and_labelled(runtime: Runtime) -> None:
     assert await count(runtime, "partner_links l JOIN scenes s ON s.id = l.scene_id",
                        "s.code IN ('demo-bus', 'demo-metro')") == 2
     assert await count(runtime, "conversion_rules", "status = 'published'") >= 1
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    result = CliRunner().invoke(cli, ["scenes", *args], env={"COLUMNS": "250"})
+    return result.exit_code, result.output
+
+
+async def test_cli_lists_scenes_and_rules(runtime: Runtime) -> None:
+    scene = await make_scene(runtime)
+    await publish_rule(runtime, scene.id, factor="26.9")
+    code, out = await asyncio.to_thread(_invoke, "list")
+    assert code == 0 and scene.code in out, out
+    code, out = await asyncio.to_thread(_invoke, "rules", "--scene", scene.code)
+    assert code == 0 and "26.9" in out and scene.code in out, out
+    code, out = await asyncio.to_thread(_invoke, "rules", "--scene", "no-such-scene")
+    assert code != 0
