@@ -51,6 +51,7 @@ from ingestion.schemas import (
     event_decoder,
     to_us,
 )
+from scenes import service as scenes
 
 log = structlog.get_logger()
 
@@ -152,8 +153,6 @@ async def check_batch(
 
     Three queries for the whole batch; no ORM object per event.
     """
-    from scenes import service as scenes
-
     now = now or clock.now()
     scene = await scenes.scene_for_ingest(session, scene_id)
     scene.require_accepting()  # Art. 32: a suspended or ended scene's events are refused

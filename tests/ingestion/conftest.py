@@ -55,7 +55,7 @@ class Partner:
     consents: dict[str, uuid.UUID] = field(default_factory=dict)
     linked_at: dt.datetime = PAST
 
-    def event(self, ref: str, *, event_id: str | None = None, quantity: str = "2.5",
+    def event(self, ref: str, *, event_id: str | None = None, quantity: str | int = "2.5",
               at: dt.datetime | None = None, **extra: Any) -> dict[str, Any]:
         body = {
             "event_id": event_id or "e-" + secrets.token_hex(8),

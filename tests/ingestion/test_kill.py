@@ -1,0 +1,116 @@
+"""Faults: the worker process is killed with SIGKILL in the middle of batches, several times
+during a run; after restarts every event is credited exactly once (both bus adapters)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.runtime import Runtime
+from ingestion import service
+from ingestion.schemas import BusEvent
+from tests.ingestion.conftest import KAFKA_BOOTSTRAP, kafka_runtime, make_partner
+from tests.ingestion.test_worker import bus_event
+
+TANHUI = str(Path(sys.executable).with_name("tanhui"))
+
+
+async def _count(runtime: Runtime, scene_id: uuid.UUID) -> tuple[int, int]:
+    async with runtime.db.session() as s:
+        row = (await s.execute(text(
+            "SELECT count(*), count(DISTINCT event_id) FROM points_entries "
+            "WHERE scene_id = :s AND kind = 'credit'"), {"s": scene_id})).one()
+    return int(row[0]), int(row[1])
+
+
+async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        TANHUI, "worker", env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _wait_for_progress(runtime: Runtime, scene_id: uuid.UUID, above: int,
+                             timeout_s: float) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        n, _ = await _count(runtime, scene_id)
+        if n > above:
+            return n
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the worker made no progress past {above} in {timeout_s} s")
+
+
+@pytest.mark.parametrize(("kind", "kills"), [
+    ("pgqueue", 3),
+    # Tansu keeps a killed member for the 10 s session timeout before it rebalances.
+    pytest.param("kafka", 2, marks=pytest.mark.slow),
+])
+async def test_worker_killed_mid_batch_credits_every_event_exactly_once(
+    runtime: Runtime, kind: str, kills: int
+) -> None:
+    rt = runtime if kind == "pgqueue" else await kafka_runtime(runtime)
+    env = dict(os.environ)
+    if kind == "kafka":
+        env["TANHUI_KAFKA_BOOTSTRAP"] = KAFKA_BOOTSTRAP
+    try:
+        p = await make_partner(rt, citizens=40)
+        refs = list(p.citizens)
+        published: list[BusEvent] = []
+        producing = asyncio.Event()
+        producing.set()
+
+        async def produce() -> None:
+            # A run: requests keep coming while the worker is killed and restarted.
+            while producing.is_set() or len(published) < 2_000:
+                chunk = [bus_event(p, refs[(len(published) + i) % len(refs)])
+                         for i in range(200)]
+                await service.publish_events(rt, chunk,
+                                             [uuid.UUID(e.citizen_id) for e in chunk])
+                published.extend(chunk)
+                await asyncio.sleep(0.25)
+
+        producer = asyncio.create_task(produce())
+        seen = 0
+        for _ in range(kills):
+            proc = await _start(env)
+            try:
+                seen = await _wait_for_progress(rt, p.scene_id, seen, timeout_s=40)
+                await asyncio.sleep(random.uniform(0.02, 0.3))
+            finally:
+                proc.kill()  # SIGKILL: no cleanup, the batch in hand is lost mid-way
+                await proc.wait()
+            assert proc.returncode == -9
+            seen, _ = await _count(rt, p.scene_id)
+        producing.clear()
+        await producer
+        assert seen < len(published), "the worker was idle when killed"
+        proc = await _start(env)
+        try:
+            deadline = time.monotonic() + 60
+            while (await _count(rt, p.scene_id))[0] < len(published):
+                assert time.monotonic() < deadline, "the restarted worker did not finish"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)  # nothing more arrives: no event credited twice
+        finally:
+            proc.terminate()
+            await proc.wait()
+        total, distinct = await _count(rt, p.scene_id)
+        assert (total, distinct) == (len(published), len(published))
+        per_citizen = len(published) // len(refs)
+        async with rt.db.session() as s:
+            balances = (await s.execute(text(
+                "SELECT a.available FROM points_accounts a WHERE a.citizen_id = ANY(:c)"),
+                {"c": list(p.citizens.values())})).scalars().all()
+        assert sorted(balances) == [25 * per_citizen] * len(refs)  # 2.5 km × 100 g / 10 g
+    finally:
+        if rt is not runtime:
+            await rt.bus.stop()
