@@ -85,8 +85,15 @@ STATS_TTL_S = 60
 MAX_STALE_RETRIES = 3
 
 
+# The kernel's Redis pool refuses (rather than queues) beyond its connection limit, so the
+# mall bounds its own concurrent Redis calls per process: a burst of thousands of requests
+# queues here for a moment instead of failing.
+REDIS_SLOTS = 48
+
+
 class _Scripts:
     def __init__(self, redis: Redis) -> None:
+        self.slots = asyncio.Semaphore(REDIS_SLOTS)
         self.admit = redis.register_script(ADMIT)
         self.give = redis.register_script(GIVE)
         self.raise_to = redis.register_script(RAISE_TO)
@@ -117,36 +124,71 @@ def invalidate(offer_id: UUID | None = None) -> None:
     redemption decided on a stale snapshot, and the flow retries with a fresh one."""
     if offer_id is None:
         _snapshots.clear()
+        _sold_out_until.clear()
     else:
         _snapshots.pop(offer_id, None)
+        _sold_out_until.pop(offer_id, None)
+
+
+_loading: dict[UUID, asyncio.Future[OfferSnapshot]] = {}
 
 
 async def _snapshot(runtime: Runtime, offer_id: UUID, *, fresh: bool = False) -> OfferSnapshot:
+    """The offer's snapshot from this process's cache; on a miss one request loads it and
+    the burst behind it waits for that load (single flight), so a flash sale costs one
+    query per process and second, not one per request."""
     hit = _snapshots.get(offer_id)
-    mono = time.monotonic()
-    if hit is not None and not fresh and hit[0] > mono:
+    if hit is not None and not fresh and hit[0] > time.monotonic():
         return hit[1]
-    async with runtime.db.session() as session:
-        snap = await service.offer_snapshot(session, offer_id)
-    _snapshots[offer_id] = (mono + SNAPSHOT_TTL_S, snap)
-    return snap
+    pending = _loading.get(offer_id)
+    if pending is not None and not fresh:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[OfferSnapshot] = asyncio.get_running_loop().create_future()
+    _loading[offer_id] = future
+    try:
+        async with runtime.db.session() as session:
+            snap = await service.offer_snapshot(session, offer_id)
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved here, so an unawaited future does not warn
+        raise
+    else:
+        _snapshots[offer_id] = (time.monotonic() + SNAPSHOT_TTL_S, snap)
+        future.set_result(snap)
+        return snap
+    finally:
+        if _loading.get(offer_id) is future:
+            del _loading[offer_id]
 
 
 # --- the gate ----------------------------------------------------------------------------
 
 
+# After the gate says "sold out", this process answers so for a moment without asking Redis
+# again: during a flash sale the thousands of losers then cost no round trip at all. A unit
+# that comes back (cancel, expiry, a failed redemption) is offered again once the memo
+# lapses — at most SOLD_OUT_MEMO_S later — and at once in the process that gave it back.
+SOLD_OUT_MEMO_S = 0.2
+_sold_out_until: dict[UUID, float] = {}
+
+
 async def _admit(runtime: Runtime, offer_id: UUID) -> None:
+    if _sold_out_until.get(offer_id, 0.0) > time.monotonic():
+        raise errors.sold_out()
     scripts = _s(runtime)
     key = gate_key(runtime, offer_id)
     for _ in range(2):
-        left = int(await scripts.admit(keys=[key]))
+        async with scripts.slots:
+            left = int(await scripts.admit(keys=[key]))
         if left >= 0:
             return
         if left == -1:
+            _sold_out_until[offer_id] = time.monotonic() + SOLD_OUT_MEMO_S
             raise errors.sold_out()
         async with runtime.db.session() as session:  # -2: no gate yet, open it from the DB
             stock = (await service.stock_of(session, [offer_id])).get(offer_id, 0)
-        await runtime.redis.set(key, stock, nx=True)
+        async with scripts.slots:
+            await runtime.redis.set(key, stock, nx=True)
     raise errors.sold_out()
 
 
@@ -155,8 +197,11 @@ async def give_back(runtime: Runtime, offer_id: UUID, n: int = 1) -> None:
     only leaves the gate low until ``reconcile_gates``."""
     if n == 0:
         return
+    _sold_out_until.pop(offer_id, None)
+    scripts = _s(runtime)
     try:
-        await _s(runtime).give(keys=[gate_key(runtime, offer_id)], args=[n])
+        async with scripts.slots:
+            await scripts.give(keys=[gate_key(runtime, offer_id)], args=[n])
     except Exception:
         log.warning("mall_gate_give_back_failed", offer_id=str(offer_id), n=n)
 
@@ -168,7 +213,9 @@ async def reconcile_gates(runtime: Runtime) -> int:
     raised = 0
     scripts = _s(runtime)
     for offer_id, left in stock.items():
-        raised += int(await scripts.raise_to(keys=[gate_key(runtime, offer_id)], args=[left]))
+        if int(await scripts.raise_to(keys=[gate_key(runtime, offer_id)], args=[left])):
+            _sold_out_until.pop(offer_id, None)
+            raised += 1
     return raised
 
 
@@ -206,7 +253,7 @@ async def redeem(
             raise
         try:
             async with runtime.db.transaction() as session:
-                v = await service.take_voucher(
+                voucher = await service.take_voucher(
                     session, snap, citizen_id, request_key=request_key, now=at
                 )
         except service.StockGone:
@@ -230,7 +277,7 @@ async def redeem(
             REDEMPTIONS.labels(getattr(exc, "code", "error")).inc()
             raise
         REDEMPTIONS.labels("won").inc()
-        return service.voucher_out(v, snap.title_zh, snap.title_en), True
+        return voucher, True
     invalidate(offer_id)
     raise errors.offer_not_on_sale("The offer is changing; try again.")
 
@@ -283,14 +330,18 @@ async def cached(
 ) -> bytes:
     """JSON bytes of ``await build()``, cached in Redis for ``ttl_s`` under a key made of
     ``name``, the browse version and ``params``."""
-    ver = await runtime.redis.get(_browse_version_key(runtime))
+    slots = _s(runtime).slots
+    async with slots:
+        ver = await runtime.redis.get(_browse_version_key(runtime))
     if isinstance(ver, bytes):
         ver = ver.decode()
     digest = hashlib.sha1(orjson.dumps(params, option=orjson.OPT_SORT_KEYS)).hexdigest()
     key = runtime.key("mall", name, ver or "0", digest)
-    hit = await runtime.redis.get(key)
+    async with slots:
+        hit = await runtime.redis.get(key)
     if hit is not None:
         return hit if isinstance(hit, bytes) else hit.encode()
     body: bytes = await build()
-    await runtime.redis.set(key, body, ex=ttl_s)
+    async with slots:
+        await runtime.redis.set(key, body, ex=ttl_s)
     return body

@@ -502,44 +502,55 @@ async def voucher_by_request_key(
     return await _voucher_out(session, v) if v else None
 
 
+# One statement after the hold: count the citizen's limits (each counter row gains a unit
+# only while under its limit), then — only if both counted — take one unit of stock (the
+# hot row, locked from here to the commit), then — only if taken — issue the voucher.
+_TAKE = text(
+    "WITH counted AS ("
+    " INSERT INTO mall_limit_counters AS c (citizen_id, offer_id, period, n)"
+    " VALUES (:c, :o, '', 1), (:c, :o, :day, 1)"
+    " ON CONFLICT (citizen_id, offer_id, period) DO UPDATE SET n = c.n + 1"
+    " WHERE c.n < CASE WHEN c.period = '' THEN CAST(:lim AS bigint)"
+    "                  ELSE CAST(:dlim AS bigint) END"
+    " RETURNING c.period"
+    "), taken AS ("
+    " UPDATE mall_offers SET stock_left = stock_left - 1"
+    " WHERE id = :o AND version = :ver AND status = 'on_sale' AND stock_left > 0"
+    " AND sale_starts_at <= :now AND (sale_ends_at IS NULL OR sale_ends_at > :now)"
+    " AND (SELECT count(*) FROM counted) = 2"
+    " RETURNING id"
+    "), issued AS ("
+    " INSERT INTO mall_vouchers (id, code, offer_id, merchant_id, citizen_id, category,"
+    "   price_points, hold_id, status, issued_at, issued_on, expires_at, request_key)"
+    " SELECT CAST(:vid AS uuid), CAST(:code AS text), taken.id, CAST(:m AS uuid), :c,"
+    "   CAST(:cat AS text), CAST(:price AS integer), CAST(:hold AS uuid), 'issued', :now,"
+    "   CAST(:on AS date), CAST(:exp AS timestamptz), CAST(:rk AS text) FROM taken"
+    " RETURNING id"
+    ") SELECT ARRAY(SELECT period FROM counted) AS periods,"
+    " (SELECT count(*) FROM issued) AS issued"
+)
+
+
 async def take_voucher(
     session: AsyncSession, offer: OfferSnapshot, citizen_id: UUID, *,
     request_key: str | None = None, now: datetime | None = None,
-) -> Voucher:
-    """The citizen redeems one unit of ``offer`` (兑换): count it against the citizen's
-    limits, hold the price in points (Art. 34: the citizen's own act), issue the voucher and
-    take one unit of stock — all in the caller's transaction, all or nothing.
+) -> VoucherOut:
+    """The citizen redeems one unit of ``offer`` (兑换): hold the price in points (Art. 34:
+    the citizen's own act, first-expiring lots first), count it against the citizen's
+    limits, take one unit of stock and issue the voucher — in the caller's transaction, all
+    or nothing, in three statements (two of the ledger's, one of ours).
 
-    The hot offer row is locked last, so concurrent redemptions queue on it only for the
-    final UPDATE and the commit. Raises ``mall.limit_reached``, ``mall.daily_limit_reached``,
-    ``mall.insufficient_points``, :class:`StockGone` or :class:`StaleOffer`.
+    The hot offer row is locked by the last statement only, so concurrent redemptions queue
+    on it just for that statement and the commit. Raises ``mall.insufficient_points``,
+    ``mall.limit_reached``, ``mall.daily_limit_reached``, :class:`StockGone` or
+    :class:`StaleOffer`.
     """
     from points import service as points
 
     now = _now(now)
-    day = clock.business_date(now).isoformat()
+    on = clock.business_date(now)
     limit = offer.limit_per_citizen or NO_LIMIT
     day_limit = offer.limit_per_citizen_per_day or NO_LIMIT
-    # One statement for both limits: each row gains one unit only while under its limit. A
-    # concurrent redemption of the same citizen waits on the row lock and re-checks.
-    counted = (
-        await session.execute(
-            text(
-                "INSERT INTO mall_limit_counters AS c (citizen_id, offer_id, period, n) "
-                "VALUES (:c, :o, '', 1), (:c, :o, :day, 1) "
-                "ON CONFLICT (citizen_id, offer_id, period) DO UPDATE SET n = c.n + 1 "
-                "WHERE c.n < CASE WHEN c.period = '' THEN CAST(:lim AS bigint) "
-                "ELSE CAST(:dlim AS bigint) END "
-                "RETURNING c.period"
-            ),
-            {"c": citizen_id, "o": offer.id, "day": day, "lim": limit, "dlim": day_limit},
-        )
-    ).scalars().all()
-    if TOTAL not in counted:
-        raise errors.limit_reached(limit)
-    if day not in counted:
-        raise errors.daily_limit_reached(day_limit)
-
     voucher_id = uuid.uuid4()
     try:
         hold = await points.hold(
@@ -550,28 +561,24 @@ async def take_voucher(
         if exc.code.startswith("points."):
             raise errors.insufficient_points(offer.price_points) from exc
         raise
-    v = Voucher(
-        id=voucher_id, code=new_code(), offer_id=offer.id, merchant_id=offer.merchant_id,
-        citizen_id=citizen_id, category=offer.category, price_points=offer.price_points,
-        hold_id=hold.id, status="issued", issued_at=now, issued_on=clock.business_date(now),
-        # The hold lives exactly as long as the voucher.
-        expires_at=hold.expires_at or now + timedelta(seconds=offer.voucher_validity_s),
-        request_key=request_key,
-    )
-    session.add(v)
-    await session.flush()
-    taken = (
+    # The hold lives exactly as long as the voucher.
+    expires_at = hold.expires_at or now + timedelta(seconds=offer.voucher_validity_s)
+    code = new_code()
+    row = (
         await session.execute(
-            text(
-                "UPDATE mall_offers SET stock_left = stock_left - 1 "
-                "WHERE id = :o AND version = :ver AND status = 'on_sale' AND stock_left > 0 "
-                "AND sale_starts_at <= :now AND (sale_ends_at IS NULL OR sale_ends_at > :now) "
-                "RETURNING stock_left"
-            ),
-            {"o": offer.id, "ver": offer.version, "now": now},
+            _TAKE,
+            {"c": citizen_id, "o": offer.id, "day": on.isoformat(), "lim": limit,
+             "dlim": day_limit, "ver": offer.version, "now": now, "vid": voucher_id,
+             "code": code, "m": offer.merchant_id, "cat": offer.category,
+             "price": offer.price_points, "hold": hold.id, "on": on, "exp": expires_at,
+             "rk": request_key},
         )
-    ).scalar()
-    if taken is None:
+    ).one()
+    if TOTAL not in row.periods:
+        raise errors.limit_reached(limit)
+    if on.isoformat() not in row.periods:
+        raise errors.daily_limit_reached(day_limit)
+    if not row.issued:
         current = await offer_snapshot(session, offer.id)
         if current.version != offer.version:
             raise StaleOffer
@@ -579,7 +586,12 @@ async def take_voucher(
         if refusal is not None:
             raise refusal
         raise StockGone
-    return v
+    return VoucherOut(
+        id=voucher_id, code=code, offer_id=offer.id, merchant_id=offer.merchant_id,
+        title_zh=offer.title_zh, title_en=offer.title_en, category=offer.category,
+        price_points=offer.price_points, status="issued", issued_at=now, expires_at=expires_at,
+        used_at=None, store_id=None, voided_at=None,
+    )
 
 
 async def _void(
