@@ -96,7 +96,8 @@ class Entry(Base):
     hold_id: Mapped[uuid.UUID | None]
     reference: Mapped[str | None] = mapped_column(Text)
     scene_id: Mapped[uuid.UUID | None]
-    event_id: Mapped[str | None] = mapped_column(Text)
+    # Byte order: the unique (scene, event id) index is probed for every credited event.
+    event_id: Mapped[str | None] = mapped_column(Text(collation="C"))
     behaviour: Mapped[str | None] = mapped_column(Text)
     occurred_at: Mapped[datetime | None] = mapped_column(TS)
     grams: Mapped[int | None] = mapped_column(BigInteger)

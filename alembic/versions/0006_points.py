@@ -42,7 +42,7 @@ CREATE TABLE points_entries (
     hold_id uuid,
     reference text,
     scene_id uuid,
-    event_id text,
+    event_id text COLLATE "C",
     behaviour text,
     occurred_at timestamptz,
     grams bigint,
