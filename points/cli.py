@@ -29,8 +29,10 @@ def expire() -> None:
 
 @app.command()
 def check() -> None:
-    """Reconcile every account: credited = available + held + redeemed + expired, and the
-    balances equal the lots' remainders. Exits 1 listing the accounts that differ."""
+    """Reconcile every account; exit 1 listing the accounts that differ.
+
+    Checks credited = available + held + redeemed + expired, balances = the lots' remainders
+    and the active holds, and the entries replayed give the balances."""
     from app.cli import run_with_runtime
     from points.service import AccountDiff
     from points.service import check as check_accounts
