@@ -130,11 +130,11 @@ async def test_offer_lifecycle_and_transitions(
     r = await redeem(client, uuid.UUID(oid), cid)
     assert r.status_code == 409 and r.json()["code"] == "mall.offer_not_on_sale"
     assert await _audit_count(runtime, oid) == 6  # refused writes leave no audit record
-    for bad in ({**body, "price_points": 0}, {**body, "price_points": 1.5},
+    for wrong in ({**body, "price_points": 0}, {**body, "price_points": 1.5},
                 {**body, "category": "weapons"}, {**body, "sale_starts_at": "2024-01-01T00:00"},
                 {**body, "voucher_validity_s": 10}):
-        refused = await client.post("/v1/admin/mall/offers", json=bad, headers=h)
-        assert refused.status_code == 422, bad
+        refused = await client.post("/v1/admin/mall/offers", json=wrong, headers=h)
+        assert refused.status_code == 422, wrong
 
 
 async def test_suspending_a_merchant_stops_its_sales_at_once(
