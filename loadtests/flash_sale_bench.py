@@ -109,7 +109,13 @@ def _client_process(host: str, port: int, path: str, tokens: list[str], connecti
 # --- preparation and checks (the parent process) -----------------------------------------
 
 
+WARM_CITIZENS = 400
+WARM_STOCK = 60
+
+
 async def _prepare(runtime: Any, attempts: int, stock: int, price: int) -> tuple[Any, Any, list]:
+    """The offer, a warm-up offer (its own citizens: warming up must not spend the points of
+    the citizens measured), and ``attempts + WARM_CITIZENS`` citizens with enough points."""
     from datetime import date
 
     from app import clock
@@ -129,7 +135,7 @@ async def _prepare(runtime: Any, attempts: int, stock: int, price: int) -> tuple
         await service.add_store(s, m.id, StoreIn(name="压测门店", address="bench"),
                                 actor=BENCH_ACTOR)
         offers = []
-        for title, units in (("【压测】秒杀券", stock), ("【压测】预热券", 0)):
+        for title, units in (("【压测】秒杀券", stock), ("【压测】预热券", WARM_STOCK)):
             o = await service.create_offer(
                 s,
                 OfferIn(merchant_id=m.id, title_zh=title, title_en="[Bench] coupon",
@@ -140,9 +146,9 @@ async def _prepare(runtime: Any, attempts: int, stock: int, price: int) -> tuple
             )
             await service.set_offer_status(s, o.id, "on_sale", actor=BENCH_ACTOR)
             offers.append(o.id)
-    citizens = [uuid.uuid4() for _ in range(attempts)]
+    citizens = [uuid.uuid4() for _ in range(attempts + WARM_CITIZENS)]
     scene, rule_r, rule_c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    for i in range(0, attempts, 5000):
+    for i in range(0, len(citizens), 5000):
         async with runtime.db.transaction() as s:
             await credit_batch(s, [
                 CreditIn(citizen_id=c, scene_id=scene, event_id=f"bench-{c.hex}",
@@ -253,9 +259,11 @@ def command(
         _wait_ready(port, server)
         per_client = max(1, concurrency // clients)
         with ProcessPoolExecutor(max_workers=clients) as pool:
-            # Warm-up on a separate, empty offer: every worker loads its code paths and pools.
+            # Warm-up on a separate offer with separate citizens: every worker loads its code
+            # paths and opens its database and Redis connections, winners and losers alike.
             warm_path = f"/v1/me/mall/offers/{warm_id}/redeem"
-            warm_tokens = tokens[: min(len(tokens), 2000)]
+            warm_tokens = tokens[attempts:]
+            tokens = tokens[:attempts]
             warm = [pool.submit(_client_process, "127.0.0.1", port, warm_path,
                                 warm_tokens[i::clients], per_client, time.time() + 0.5)
                     for i in range(clients)]
@@ -278,7 +286,7 @@ def command(
     for r in results:
         outcomes.update(r[1])
     elapsed = max(r[3] for r in results) - min(r[2] for r in results)
-    checked = run_with_runtime(lambda rt: _check(rt, offer_id, citizens))
+    checked = run_with_runtime(lambda rt: _check(rt, offer_id, citizens[:attempts]))
 
     won, sold_out = outcomes.get("won", 0), outcomes.get("mall.sold_out", 0)
     errors = sum(n for k, n in outcomes.items() if k not in ("won", "mall.sold_out"))
