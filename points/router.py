@@ -10,6 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from app.deps import CurrentCitizen, Db
+from app.errors import Conflict
 from points import service
 from points.errors import HoldNotFound
 from points.schemas import (
@@ -148,12 +149,16 @@ async def delete_me(who: CurrentCitizen, db: Db) -> DeletedOut:
     from scenes.consent import my_consents, revoke_consent
 
     async with db.transaction() as session:
-        holds = await service.open_holds(session, who.id)
-        for h in holds:
-            await service.release(session, h.id, citizen_id=who.id)
+        # A hold backs a redemption in progress (a mall voucher): releasing it here would
+        # leave that voucher without points, so the citizen settles redemptions first.
+        if await service.open_holds(session, who.id):
+            raise Conflict(
+                "account.open_redemptions",
+                "Cancel or use your open vouchers and holds before deleting the account.",
+            )
         consents = await my_consents(session, who.id)
         active = [c.id for scene in consents.scenes for c in scene.history if c.active]
         for consent_id in active:
             await revoke_consent(session, who.id, consent_id)
         await erase_citizen(session, who.id)
-    return DeletedOut(erased=True, holds_released=len(holds), consents_revoked=len(active))
+    return DeletedOut(erased=True, consents_revoked=len(active))

@@ -96,7 +96,6 @@ class DeletedOut(BaseModel):
     pseudonym."""
 
     erased: bool
-    holds_released: int
     consents_revoked: int
 
 

@@ -18,7 +18,6 @@ from app.auth.schemas import (
     AdminUserOut,
     AdminUserUpdate,
     CitizenLogin,
-    CitizenOut,
     CitizenTokens,
     ClientToken,
     OtpAccepted,
@@ -29,7 +28,7 @@ from app.auth.schemas import (
 )
 from app.auth.tokens import issue_access_token
 from app.crypto import mask_phone, normalize_phone
-from app.deps import CurrentCitizen, Db, RuntimeDep, require
+from app.deps import Db, RuntimeDep, require
 from app.errors import DomainError, Unauthorized
 from app.ratelimit import Limit, limiter_for
 
@@ -107,29 +106,6 @@ async def citizen_logout(body: RefreshRequest, db: Db) -> Response:
     """End the login this refresh token belongs to."""
     async with db.transaction() as session:
         await sessions.logout(session, body.refresh_token)
-    return Response(status_code=204)
-
-
-@router.get("/v1/auth/me", response_model=CitizenOut)
-async def citizen_me(citizen: CurrentCitizen, db: Db) -> CitizenOut:
-    async with db.session() as session:
-        view = await citizens.get_citizen(session, citizen.id)
-    return CitizenOut.model_validate(view)
-
-
-@router.get("/v1/auth/me/export")
-async def citizen_export(citizen: CurrentCitizen, db: Db) -> JSONResponse:
-    """Everything the login records hold about the caller (PIPL right of access and copy)."""
-    async with db.session() as session:
-        data = await citizens.export_citizen(session, citizen.id)
-    return JSONResponse(data, headers=NO_STORE)
-
-
-@router.delete("/v1/auth/me", status_code=204)
-async def citizen_erase(citizen: CurrentCitizen, db: Db) -> Response:
-    """Erase the caller's phone number and end every session (PIPL right to deletion)."""
-    async with db.transaction() as session:
-        await citizens.erase_citizen(session, citizen.id)
     return Response(status_code=204)
 
 

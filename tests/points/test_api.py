@@ -156,7 +156,7 @@ async def test_export_holds_everything_about_the_citizen(
     assert ledger["hold_allocations"][0]["points"] == 2
 
 
-async def test_delete_me_erases_pii_keeps_the_ledger_and_releases_holds(
+async def test_delete_me_erases_pii_keeps_the_ledger_after_holds_are_settled(
     client: httpx.AsyncClient, db: Database
 ) -> None:
     citizen = await register(db)
@@ -164,9 +164,16 @@ async def test_delete_me_erases_pii_keeps_the_ledger_and_releases_holds(
     r = await client.post("/v1/me/points/holds", json={"points": 3, "reference": "order"},
                           headers=auth(citizen))
     assert r.status_code == 201
+    hold_id = r.json()["id"]
+    # An open hold backs a redemption in progress: deletion waits until it is settled.
+    r = await client.delete("/v1/me", headers=auth(citizen))
+    assert r.status_code == 409 and r.json()["code"] == "account.open_redemptions"
+    assert (await client.get("/v1/me", headers=auth(citizen))).json()["phone_masked"]
+    r = await client.post(f"/v1/me/points/holds/{hold_id}/release", headers=auth(citizen))
+    assert r.status_code == 200
     r = await client.delete("/v1/me", headers=auth(citizen))
     assert r.status_code == 200, r.text
-    assert r.json() == {"erased": True, "holds_released": 1, "consents_revoked": 0}
+    assert r.json() == {"erased": True, "consents_revoked": 0}
     r = await client.get("/v1/me", headers=auth(citizen))
     body = r.json()
     assert body["phone_masked"] is None and body["pseudonym"]

@@ -32,7 +32,7 @@ async def test_otp_login_issues_access_and_refresh_tokens(
     body = r.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] == 15 * 60
     assert r.headers["cache-control"] == "no-store"
-    me = await c.get("/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    me = await c.get("/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200
     assert me.json()["id"] == body["citizen_id"]
     assert me.json()["phone_masked"] == phone[:3] + "****" + phone[-4:]
@@ -203,17 +203,17 @@ async def test_logout_ends_the_session(client_from: ClientFactory, sms: DevSmsSe
 async def test_missing_expired_and_wrong_kind_tokens(client_from: ClientFactory,
                                                      frozen_clock) -> None:
     c = client_from()
-    r = await c.get("/v1/auth/me")
+    r = await c.get("/v1/me")
     assert r.status_code == 401 and r.json()["code"] == "auth.missing"
     assert r.headers["www-authenticate"] == "Bearer"
-    r = await c.get("/v1/auth/me", headers={"Authorization": "Bearer not-a-jwt"})
+    r = await c.get("/v1/me", headers={"Authorization": "Bearer not-a-jwt"})
     assert r.status_code == 401 and r.json()["code"] == "auth.token_invalid"
     admin = issue_access_token("admin", uuid.uuid4(), roles={"operator_admin"})
-    r = await c.get("/v1/auth/me", headers={"Authorization": f"Bearer {admin}"})
+    r = await c.get("/v1/me", headers={"Authorization": f"Bearer {admin}"})
     assert r.status_code == 403 and r.json()["code"] == "auth.wrong_kind"
     token = issue_access_token("citizen", uuid.uuid4())
     frozen_clock(clock.now() + timedelta(minutes=16))
-    r = await c.get("/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    r = await c.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401 and r.json()["code"] == "auth.token_expired"
 
 
@@ -224,11 +224,11 @@ async def test_citizen_exports_and_erases_own_data(
     phone = new_phone()
     tokens = await login_citizen(c, sms, phone)
     auth = {"Authorization": f"Bearer {tokens['access_token']}"}
-    r = await c.get("/v1/auth/me/export", headers=auth)
-    assert r.status_code == 200 and r.json()["phone"] == phone
-    r = await c.delete("/v1/auth/me", headers=auth)
-    assert r.status_code == 204
-    r = await c.get("/v1/auth/me", headers=auth)
-    assert r.json()["phone_masked"] is None and r.json()["erased_at"] is not None
+    r = await c.get("/v1/me/export", headers=auth)
+    assert r.status_code == 200 and r.json()["profile"]["phone"] == phone
+    r = await c.delete("/v1/me", headers=auth)
+    assert r.status_code == 200
+    r = await c.get("/v1/me", headers=auth)
+    assert r.json()["phone_masked"] is None and r.json()["pseudonym"]
     r = await c.post("/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert r.status_code == 401
