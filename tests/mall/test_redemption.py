@@ -209,3 +209,31 @@ async def test_qr_image_of_my_voucher(
     assert r.content[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", r.content[16:24])
     assert width == height and width >= 100
+
+
+async def test_the_expiry_job_runs_until_stopped(
+    client: httpx.AsyncClient, runtime: Runtime, shop: Shop
+) -> None:
+    from mall.jobs import run_voucher_expiry
+
+    offer = await make_offer(runtime, shop, stock=2, price=30, voucher_validity_s=60)
+    cid = await citizen(runtime, 100)
+    v = (await redeem(client, offer, cid)).json()
+    later = clock.now() + timedelta(minutes=5)
+    clock.set_clock(lambda: later)
+    stop = asyncio.Event()
+    try:
+        task = asyncio.create_task(run_voucher_expiry(runtime, stop, interval_s=0.05))
+        for _ in range(100):
+            mine = await client.get(f"/v1/me/mall/vouchers/{v['id']}",
+                                    headers=citizen_headers(cid))
+            if mine.json()["status"] == "expired":
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+    finally:
+        clock.set_clock(None)
+    assert mine.json()["status"] == "expired"
+    assert await balance(runtime, cid) == (100, 0)
+    assert (await offer_state(runtime, offer))["stock_left"] == 2
