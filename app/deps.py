@@ -15,17 +15,18 @@ from app.errors import Forbidden, Unauthorized
 from app.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # Dependencies are ``async def``: a plain ``def`` costs a worker-thread hop per request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_db(request: Request) -> Database:
-    return get_runtime(request).db
+async def get_db(request: Request) -> Database:
+    return request.app.state.runtime.db  # type: ignore[no-any-return]
 
 
-def get_redis(request: Request) -> Redis:
-    return get_runtime(request).redis
+async def get_redis(request: Request) -> Redis:
+    return request.app.state.runtime.redis  # type: ignore[no-any-return]
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -33,7 +34,8 @@ Db = Annotated[Database, Depends(get_db)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
-def bearer_principal(request: Request) -> Principal:
+def read_bearer(request: Request) -> Principal:
+    """The caller of a bearer token (plain function, for hot paths that skip DI)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -46,16 +48,28 @@ def bearer_principal(request: Request) -> Principal:
     return principal
 
 
-def current_citizen(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+def as_citizen(principal: Principal) -> Principal:
     if principal.kind != "citizen":
         raise Forbidden("auth.wrong_kind", "This route is for citizens.")
     return principal
 
 
-def current_admin(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+def as_admin(principal: Principal) -> Principal:
     if principal.kind != "admin":
         raise Forbidden("auth.wrong_kind", "This route is for admin users.")
     return principal
+
+
+async def bearer_principal(request: Request) -> Principal:
+    return read_bearer(request)
+
+
+async def current_citizen(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+    return as_citizen(principal)
+
+
+async def current_admin(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+    return as_admin(principal)
 
 
 CurrentCitizen = Annotated[Principal, Depends(current_citizen)]
@@ -65,7 +79,7 @@ CurrentAdmin = Annotated[Principal, Depends(current_admin)]
 def require(permission: str) -> type[Principal]:
     """``admin: require("rules.publish")`` — an admin holding that permission, else 403."""
 
-    def check(admin: CurrentAdmin) -> Principal:
+    async def check(admin: CurrentAdmin) -> Principal:
         if not allowed(admin.roles, permission):
             raise Forbidden("auth.permission_denied", f"Requires permission {permission}.")
         return admin

@@ -16,8 +16,8 @@ from app.deps import (
     CurrentMerchant,
     Db,
     RuntimeDep,
-    bearer_principal,
-    current_citizen,
+    as_citizen,
+    read_bearer,
     require,
 )
 from app.runtime import Runtime
@@ -102,7 +102,7 @@ async def get_offer(offer_id: UUID, db: Db) -> OfferOut:
 async def _redeeming_citizen(request: Request) -> Principal:
     """``CurrentCitizen`` resolved on the event loop: the flash-sale hot path avoids the
     worker-thread hop FastAPI makes for each synchronous dependency."""
-    return current_citizen(bearer_principal(request))
+    return as_citizen(read_bearer(request))
 
 
 RedeemingCitizen = Annotated[Principal, Depends(_redeeming_citizen)]
@@ -113,7 +113,7 @@ async def _redeem_fast(request: Request) -> Response:
     same authorisation, flow and answers, without FastAPI's per-request dependency solving.
     It matches only a well-formed offer id (``uuid`` convertor); anything else falls through
     to the documented route, which validates it (422)."""
-    citizen = current_citizen(bearer_principal(request))
+    citizen = as_citizen(read_bearer(request))
     key = request.headers.get("idempotency-key")
     if key is not None and len(key) > 255:
         raise errors.invalid("idempotency_key_invalid", "Idempotency-Key is too long.")

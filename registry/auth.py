@@ -11,7 +11,7 @@ from app.deps import bearer_principal
 from app.errors import Forbidden
 
 
-def current_org(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
+async def current_org(principal: Annotated[Principal, Depends(bearer_principal)]) -> Principal:
     """An organisation's user; ``scope_id`` is the organisation (registry account holder)."""
     if principal.kind != "org" or principal.scope_id is None:
         raise Forbidden("auth.wrong_kind", "This route is for registry account holders.")
