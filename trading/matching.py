@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from uuid import UUID
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock
@@ -50,6 +50,11 @@ __all__ = ["NewOrder", "Placed", "cancel_all", "cancel_order", "depth", "expire_
            "list_orders", "place", "place_order"]
 
 _ADVISORY_CLASS = 0x74726164  # "trad": one advisory lock per product book
+# Core tables: their multi-row inserts are one statement (the ORM would group rows by which
+# columns are None).
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_ENTRIES: Table = FundEntry.__table__  # type: ignore[assignment]
+_TRADES: Table = Trade.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -374,6 +379,7 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
     rules = await service.market_rules(session)
     today = await service.require_session(session, rules, at)
     product = await _lock_book(session, product_key)
+    _detach(session, [product])
     if product.status != "listed":
         raise Conflict("trading.product_halted", f"Product {product_key} is {product.status}.")
     band = service.price_band(product, today, rules.band_bps)
@@ -454,7 +460,7 @@ def _out(o: Order, fills: list[FillOut]) -> OrderOut:
 async def _write(session: AsyncSession, txn: _Txn) -> list[int]:
     """Write the transaction's outcome, one statement per table; returns the trade ids."""
     if txn.new_orders:
-        await session.execute(insert(Order), [
+        await session.execute(insert(_ORDERS), [
             {"id": o.id, "product_key": o.product_key, "account_id": o.account_id,
              "owner_id": o.owner_id, "side": o.side, "price_fen": o.price_fen,
              "quantity": o.quantity, "filled": o.filled, "reserved_fen": o.reserved_fen,
@@ -483,13 +489,21 @@ async def _write(session: AsyncSession, txn: _Txn) -> list[int]:
     trade_ids: list[int] = []
     if txn.trades:
         trade_ids = list((await session.execute(
-            insert(Trade).returning(Trade.id, sort_by_parameter_order=True), txn.trades
+            insert(_TRADES).returning(_TRADES.c.id, sort_by_parameter_order=True),
+            txn.trades
         )).scalars().all())
     if txn.entries:
         for e in txn.entries:
             ix = e["trade_id"]
             e["trade_id"] = trade_ids[ix] if isinstance(ix, int) else None
-        await session.execute(insert(FundEntry), txn.entries)
+        await session.execute(insert(_ENTRIES), txn.entries)
+    p = txn.product
+    if txn.trades:
+        await session.execute(text(
+            "UPDATE trading_products SET last_price_fen = :lp, last_trade_date = :ld, "
+            "prev_close_fen = :pc WHERE key = :k"),
+            {"lp": p.last_price_fen, "ld": p.last_trade_date, "pc": p.prev_close_fen,
+             "k": p.key})
     changed = list(txn.accounts.values())
     if changed:
         await session.execute(text("""
