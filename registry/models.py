@@ -1,6 +1,6 @@
 """Tables of the registry (管理系统): organisations and their holding accounts, methodologies,
 VVBs, projects, instalments, public notices, CQCER issuances and blocks, locks,
-cancellations, sanctions.
+cancellations, sanctions, reports of fraud.
 
 Nothing here is ever deleted (Art. 17: records kept at least 10 years); a trigger created by
 migration 0009 refuses DELETE on every registry table, and refuses any change to a block that
@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -480,3 +481,38 @@ class Sanction(Base):
         CheckConstraint("state IN ('ordered', 'complied', 'enforced', 'closed')", name="state"),
     )
 
+
+
+REPORT_SUBJECTS = ("project", "reductions", "trading", "scene", "vvb", "other")
+"""Art. 41: what may be reported — projects, reductions (CQCER), trading, scenes and their
+participants, VVBs, anything else in the system."""
+
+
+class FraudReport(Base):
+    """A report of fraud or another violation (举报, Art. 41) from anyone, without login.
+
+    The reporter may stay anonymous; a contact, if given, is personal information and is
+    stored encrypted (AES-GCM), read only by the registry agency and the bureau. The registry
+    agency closes a report with its outcome; a report is never deleted (Art. 17 trigger).
+    """
+
+    __tablename__ = "registry_fraud_reports"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    subject: Mapped[str] = mapped_column(String(16))
+    reference: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    reporter_name: Mapped[str | None] = mapped_column(Text)
+    contact_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(12), server_default="received")
+    outcome: Mapped[str | None] = mapped_column(Text)
+    handled_by: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TS)
+    closed_at: Mapped[datetime | None] = mapped_column(TS)
+
+    __table_args__ = (
+        CheckConstraint(f"subject IN {REPORT_SUBJECTS}", name="subject"),
+        CheckConstraint("status IN ('received', 'closed')", name="status"),
+        CheckConstraint("(status = 'closed') = (closed_at IS NOT NULL)", name="closed"),
+        Index("ix_registry_fraud_reports_open", "status", "created_at"),
+    )

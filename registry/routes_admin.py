@@ -12,13 +12,15 @@ from sqlalchemy import select
 from app.audit import actor_of
 from app.auth.principal import Principal
 from app.deps import Db, require
-from registry import catalog, issuance, projects, sanctions, service, steps
+from registry import catalog, issuance, projects, reports, sanctions, service, steps
 from registry.models import Project
 from registry.reconcile import reconcile
 from registry.schemas import (
     AssessmentIn,
     CancelProjectIn,
     CompletenessIn,
+    FraudReportCloseIn,
+    FraudReportOut,
     InstalmentOut,
     LegacyProjectIn,
     LetterIn,
@@ -283,3 +285,21 @@ async def enforce(sid: UUID, admin: Sanction, db: Db) -> SanctionOut:
 async def reconciliation(admin: Read, db: Db) -> dict[str, list[str]]:
     async with db.transaction() as session:
         return {"differences": await reconcile(session)}
+
+
+@router.get("/reports", response_model=list[FraudReportOut])
+async def fraud_reports(admin: Sanction, db: Db,
+                        status: Literal["received", "closed"] | None = None
+                        ) -> list[FraudReportOut]:
+    """Reports of fraud from the public (举报, Art. 41), oldest first."""
+    async with db.transaction() as session:
+        return await reports.list_reports(session, status=status)
+
+
+@router.post("/reports/{rid}/close", response_model=FraudReportOut)
+async def close_fraud_report(rid: UUID, body: FraudReportCloseIn, admin: Sanction,
+                             db: Db) -> FraudReportOut:
+    """Close a report with the outcome of the investigation (Art. 41)."""
+    async with db.transaction() as session:
+        return await reports.close_report(session, rid, outcome=body.outcome,
+                                          actor=actor_of(admin))

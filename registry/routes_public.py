@@ -11,12 +11,21 @@ from sqlalchemy import select
 
 from app.deps import Db, RuntimeDep
 from app.ratelimit import Limit, limiter_for
-from registry import catalog, credits, disclosure, flows
+from registry import catalog, credits, disclosure, flows, reports
 from registry.errors import not_found
 from registry.models import Comment, Notice
-from registry.schemas import BlockView, CommentIn, CommentOut, MethodologyOut, NoticeOut
+from registry.schemas import (
+    BlockView,
+    CommentIn,
+    CommentOut,
+    FraudReceiptOut,
+    FraudReportIn,
+    MethodologyOut,
+    NoticeOut,
+)
 
 PUBLIC_LIMIT = Limit("public.registry", "120/minute")
+REPORT_LIMIT = Limit("public.registry.report", "5/minute;50/day")
 
 
 async def _public_limit(request: Request, runtime: RuntimeDep) -> None:
@@ -85,3 +94,15 @@ async def serial(serial: str, db: Db) -> BlockView:
     if found is None:
         raise not_found("serial")
     return found
+
+
+@router.post("/reports", status_code=201, response_model=FraudReceiptOut,
+             summary="Report fraud (举报, Art. 41): anyone, no login, anonymous allowed")
+async def report_fraud(body: FraudReportIn, request: Request, runtime: RuntimeDep,
+                       db: Db) -> FraudReceiptOut:
+    """任何单位和个人都有权举报减排项目、减排量交易及相关活动中的弄虚作假等违法行为 (Art. 41).
+    The answer is a receipt; the registry agency investigates and closes the report."""
+    host = request.client.host if request.client else "unknown"
+    await limiter_for(runtime).hit(REPORT_LIMIT, host, code="public.rate_limited")
+    async with db.transaction() as session:
+        return await reports.file_report(session, body)

@@ -404,3 +404,56 @@ class HolderCancelIn(BaseModel):
     beneficiary: str = Field(min_length=1, max_length=300)
     product: ProductFilter | None = None
     detail: dict[str, Any] | None = None
+
+
+# --- reports of fraud (举报, Art. 41) -------------------------------------------------------
+
+ReportSubject = Literal["project", "reductions", "trading", "scene", "vvb", "other"]
+
+
+class FraudReportIn(BaseModel):
+    """A report of fraud or another violation (举报, Art. 41). Anyone may file one, without
+    login and anonymously if they wish; a contact, if given, is kept encrypted."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, json_schema_extra={
+        "examples": [{"subject": "project", "reference": "项目编号 12",
+                      "body": "监测数据与现场运行记录不一致，疑似篡改。",
+                      "reporter_name": "匿名", "contact": "13800000000"}]})
+
+    subject: ReportSubject
+    reference: str | None = Field(default=None, min_length=1, max_length=200,
+                                  description="project no., serial, scene code, trade id ...")
+    body: str = Field(min_length=10, max_length=5000)
+    reporter_name: str | None = Field(default=None, min_length=1, max_length=100)
+    contact: str | None = Field(default=None, min_length=3, max_length=200)
+
+
+class FraudReceiptOut(BaseModel):
+    """The receipt a reporter keeps (回执)."""
+
+    id: UUID
+    subject: ReportSubject
+    status: Literal["received", "closed"]
+    received_at: datetime
+
+
+class FraudReportOut(BaseModel):
+    """A report as the registry agency and the bureau read it."""
+
+    id: UUID
+    subject: ReportSubject
+    reference: str | None
+    body: str
+    reporter_name: str | None
+    contact: str | None
+    status: Literal["received", "closed"]
+    outcome: str | None
+    handled_by: str | None
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class FraudReportCloseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    outcome: str = Field(min_length=1, max_length=5000)

@@ -1,6 +1,6 @@
 # ruff: noqa: E501
 """registry: organisations, holding accounts, methodologies, VVBs, projects, instalments,
-notices, CQCER issuances and blocks, locks, cancellations, sanctions.
+notices, CQCER issuances and blocks, locks, cancellations, sanctions, reports of fraud.
 
 Revision ID: 0009
 Revises: 0008
@@ -28,6 +28,7 @@ TABLES = (
     "registry_vvb_ties", "registry_notices", "registry_comments", "registry_opinions",
     "registry_projects", "registry_instalments", "registry_issuances", "registry_blocks",
     "registry_locks", "registry_cancellations", "registry_movements", "registry_sanctions",
+    "registry_fraud_reports",
 )
 
 
@@ -393,6 +394,25 @@ def upgrade() -> None:
         "fk_registry_instalments_notice_id_registry_notices", "registry_instalments",
         "registry_notices", ["notice_id"], ["id"],
     )
+    # Art. 41: reports of fraud (举报) from the public.
+    op.create_table('registry_fraud_reports',
+    sa.Column('id', sa.Uuid(), nullable=False),
+    sa.Column('subject', sa.String(length=16), nullable=False),
+    sa.Column('reference', sa.Text(), nullable=True),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('reporter_name', sa.Text(), nullable=True),
+    sa.Column('contact_enc', sa.LargeBinary(), nullable=True),
+    sa.Column('status', sa.String(length=12), server_default='received', nullable=False),
+    sa.Column('outcome', sa.Text(), nullable=True),
+    sa.Column('handled_by', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('closed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("subject IN ('project', 'reductions', 'trading', 'scene', 'vvb', 'other')", name=op.f('ck_registry_fraud_reports_subject')),
+    sa.CheckConstraint("status IN ('received', 'closed')", name=op.f('ck_registry_fraud_reports_status')),
+    sa.CheckConstraint("(status = 'closed') = (closed_at IS NOT NULL)", name=op.f('ck_registry_fraud_reports_closed')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_registry_fraud_reports'))
+    )
+    op.create_index('ix_registry_fraud_reports_open', 'registry_fraud_reports', ['status', 'created_at'], unique=False)
     # Art. 30: no serial in two blocks, enforced by PostgreSQL over one global serial space.
     op.execute(
         "ALTER TABLE registry_blocks ADD COLUMN gserial int8range GENERATED ALWAYS AS ("
@@ -432,6 +452,10 @@ def upgrade() -> None:
     for table in TABLES:
         op.execute(
             f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION registry_forbid_delete()"
+        )
+        op.execute(
+            f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
             "FOR EACH STATEMENT EXECUTE FUNCTION registry_forbid_delete()"
         )
 
