@@ -82,9 +82,10 @@ async def check_project(session: AsyncSession, owner_id: UUID, data: ProjectIn, 
                       == site, Project.methodology_id == methodology.id)
     if exclude is not None:
         same_place = and_(same_place, Project.id != exclude)
+    # Art. 22: 注销后的项目不得再次申请登记 — the project (place + methodology), whoever now
+    # applies for it: a new or sister owner does not make a cancelled project new.
     cancelled = (await session.execute(
-        select(Project.id).where(same_place, Project.owner_id == owner_id,
-                                 Project.state == "cancelled").limit(1)
+        select(Project.id).where(same_place, Project.state == "cancelled").limit(1)
     )).scalar_one_or_none()
     if cancelled is not None:
         raise Conflict("registry.project_cancelled",
@@ -223,7 +224,7 @@ async def cancel_project(session: AsyncSession, project_id: UUID, *, ground: str
                          now: datetime | None = None) -> ProjectOut:
     """Cancel (注销) a registered project (Art. 22): on the owner's own request, or by the
     registry agency after investigating that the owner or the project is gone. Public, and
-    the project (owner + location + methodology) can never register again."""
+    the project (location + methodology, under any owner) can never register again."""
     at = now or clock.now()
     p = await flows.load(session, "project", project_id)
     assert isinstance(p, Project)

@@ -1,0 +1,144 @@
+"""Rules found by the article-by-article audit (docs/compliance.md): Art. 17 (records kept),
+Art. 22 (a cancelled project never comes back, under any owner; cancellations are public),
+Art. 36 (the registry's disclosure) and Art. 38 (a VVB whose recognition is withdrawn)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from app.runtime import Runtime
+from registry import catalog, issuance, projects
+from registry.models import Project
+from tests.registry.factories import (
+    ACTOR,
+    at,
+    holder_with,
+    org,
+    registered_project,
+    world,
+)
+from tests.registry.test_instalments import inst
+from tests.registry.test_projects import create, refused
+
+
+async def test_art22_cancelled_project_never_registers_again_under_any_owner(
+        runtime: Runtime) -> None:
+    """Art. 22: 注销后的项目不得再次申请登记. The project is its place and methodology: a new or
+    sister owner applying for the same site with the same methodology is refused, and the
+    cancelled project itself can neither be resubmitted nor apply for reductions."""
+    async with runtime.db.transaction() as s:
+        w = await world(s)
+        p = await registered_project(s, w, site="渝北区 回兴街道 2 号")
+        await projects.cancel_project(s, p.id, ground="owner_gone", reason="业主注销",
+                                      owner_id=None, actor=ACTOR, now=at("2025-06-02"))
+        sister = await world(s)
+        sister.methodology = w.methodology
+        before = (await s.execute(select(func.count()).select_from(Project))).scalar_one()
+        await refused("registry.project_cancelled", create(
+            s, sister, site=" 渝北区  回兴街道 2 号", crediting_start=date(2029, 1, 1),
+            crediting_end=date(2033, 12, 31)))
+        assert (await s.execute(select(func.count()).select_from(Project))).scalar_one() \
+            == before
+        await refused("registry.wrong_state", projects.submit_project(
+            s, p.id, owner_id=w.owner.id, actor=ACTOR, now=at("2025-06-03")))
+        await refused("registry.project_cancelled", issuance.create_instalment(
+            s, p.id, inst(w.verifier.id), owner_id=w.owner.id, actor=ACTOR,
+            now=at("2025-06-03")))
+        # Another place, same methodology and owner: a different project, admitted.
+        other = await create(s, sister, site="渝北区 回兴街道 3 号")
+        assert other.state == "draft"
+
+
+async def test_art38_a_vvb_whose_recognition_is_withdrawn_may_not_validate_or_verify(
+        runtime: Runtime) -> None:
+    """Art. 38 (a VVB's false report is dealt with under the rules) with Art. 21: once the
+    bureau withdraws its recognition, the VVB's validation and verification reports are
+    refused, for projects and instalments it was already named on."""
+    async with runtime.db.transaction() as s:
+        w = await world(s)
+        draft = await create(s, w)
+        p = await registered_project(s, w)
+        i = await issuance.create_instalment(s, p.id, inst(w.verifier.id), owner_id=w.owner.id,
+                                             actor=ACTOR, now=at("2025-05-05"))
+        await catalog.revoke_vvb(s, w.validator.id, actor=ACTOR, now=at("2025-05-06"))
+        await catalog.revoke_vvb(s, w.verifier.id, actor=ACTOR, now=at("2025-05-06"))
+        await refused("registry.vvb_not_recognised", projects.file_validation(
+            s, draft.id, vvb_id=w.validator.id, conclusion="positive", report_ref="v",
+            actor=ACTOR, now=at("2025-05-07")))
+        await refused("registry.vvb_not_recognised", issuance.file_verification(
+            s, i.id, vvb_id=w.verifier.id, verified_tonnes=10, report_ref="r", actor=ACTOR,
+            now=at("2025-05-07")))
+        after = await issuance.instalment_out(s, i.id)
+        assert after.verified_tonnes is None and after.state == "draft"
+
+
+async def test_art36_registry_discloses_methodologies_projects_registrations_cancellations(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """Art. 36 (and Art. 22, 29): without login, the registry publishes its methodologies,
+    projects, registrations (projects and instalments) and cancellations (of projects and of
+    credits), with no personal data."""
+    async with runtime.db.transaction() as s:
+        w, account, done = await holder_with(s, 12)
+        from registry import service
+
+        lk = await service.lock(s, account_id=account, quantity=5, purpose="offset",
+                                reference="r")
+        await service.cancel_locked(s, lk.id, purpose="neutrality", beneficiary="公示测试活动")
+        gone = await registered_project(s, w)
+        await projects.cancel_project(s, gone.id, ground="request", reason="项目停运",
+                                      owner_id=w.owner.id, actor=ACTOR, now=at("2025-08-01"))
+        code = w.methodology.code
+    no = done.issued[0].project_no
+
+    async def dataset(name: str) -> list[dict[str, object]]:
+        r = await client.get(f"/public/registry/datasets/{name}")
+        assert r.status_code == 200, r.text
+        rows: list[dict[str, object]] = r.json()
+        return rows
+
+    assert code in {m["code"] for m in await dataset("methodologies")}
+    shown = {p["no"]: p for p in await dataset("projects")}
+    assert shown[no]["state"] == "registered" and shown[gone.no]["state"] == "cancelled"
+    regs = {(r["kind"], r["project_no"], r["instalment_no"]) for r in
+            await dataset("registrations")}
+    assert {("project", no, None), ("instalment", no, 1), ("project", gone.no, None)} <= regs
+    credits = [c for c in await dataset("cancellations") if c["beneficiary"] == "公示测试活动"]
+    assert [(c["quantity"], c["purpose"]) for c in credits] == [(5, "neutrality")]
+    assert str(credits[0]["serials"]).startswith(f"CQCER-{no}-1-2024-")
+    cancelled = {c["no"]: c for c in await dataset("project_cancellations")}
+    assert cancelled[gone.no]["cancel_ground"] == "request"
+    assert cancelled[gone.no]["reason"] == "项目停运"
+    for name in ("projects", "registrations", "cancellations", "project_cancellations"):
+        body = (await client.get(f"/public/registry/datasets/{name}")).text
+        assert "password" not in body and "uscc" not in body
+
+
+REGISTRY_TABLES = ("organisations", "registry_projects", "registry_instalments",
+                   "registry_issuances", "registry_blocks", "registry_movements",
+                   "registry_cancellations", "registry_sanctions", "registry_notices",
+                   "registry_comments", "registry_fraud_reports")
+
+
+@pytest.mark.parametrize("verb", ["DELETE FROM {t}", "TRUNCATE {t} CASCADE"])
+async def test_art17_registry_records_survive_delete_and_truncate(
+        runtime: Runtime, verb: str) -> None:
+    """Art. 17: records are kept at least 10 years after the last issuance. PostgreSQL refuses
+    DELETE and TRUNCATE on every registry table, so no code path (and no slip at the SQL
+    prompt) can remove them."""
+    async with runtime.db.transaction() as s:
+        await holder_with(s, 2)
+        await org(s, kind="trader")
+    for table in REGISTRY_TABLES:
+        async with runtime.db.session() as s:
+            before = (await s.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+        with pytest.raises(DBAPIError, match=r"Art\. 17"):
+            async with runtime.db.transaction() as s:
+                await s.execute(text(verb.format(t=table)))
+        async with runtime.db.session() as s:
+            assert (await s.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() \
+                == before
