@@ -32,6 +32,7 @@ from offsets.schemas import (
     PublicGoodIn,
     RetirementOut,
 )
+from registry import credits as registry_credits
 from registry import service as registry
 from registry.schemas import BlockView, ProductFilter
 
@@ -232,11 +233,15 @@ async def _retire(session: AsyncSession, organisation_id: UUID, *, kind: str, qu
     assert org.account_id is not None
     rid = uuid.uuid4()
     number = await _certificate_no(session, kind, at)
+    to_account = None
+    if to_organisation is not None:
+        to_account = await registry.account_of(session, to_organisation)
+        # Both accounts' row locks before the first audit record (no lock-order inversion).
+        await registry_credits.lock_accounts(session, [org.account_id, to_account])
     lk = await registry.lock(session, account_id=org.account_id, quantity=quantity,
                              purpose=kind, reference=f"{kind}:{rid}", product=product, now=at)
     if kind == "donation":
-        assert to_organisation is not None
-        to_account = await registry.account_of(session, to_organisation)
+        assert to_account is not None
         blocks = await registry.move_locked(session, lk.id, to_account_id=to_account, now=at)
         cancellation = None
     else:

@@ -563,26 +563,26 @@ async def cancel_all(session: AsyncSession, *, actor: str, reason: str = "cleare
     keys = [product_key] if product_key else list((await session.execute(
         select(Order.product_key).where(Order.state == "open").distinct()
     )).scalars().all())
-    n = 0
-    for key in sorted(keys):
-        product = await _lock_book(session, key)
-        cond = [Order.product_key == key, Order.state == "open"]
-        if before is not None:
-            cond.append(Order.business_date < before)
-        rows = list((await session.execute(
-            select(Order).where(*cond).order_by(Order.id)
-            .execution_options(populate_existing=True)
-        )).scalars().all())
-        if not rows:
+    # Every book, then every account, before the first audit record (the house lock order).
+    books = {key: await _lock_book(session, key) for key in sorted(keys)}
+    cond = [Order.product_key.in_(list(books)), Order.state == "open"]
+    if before is not None:
+        cond.append(Order.business_date < before)
+    rows = list((await session.execute(
+        select(Order).where(*cond).order_by(Order.id).execution_options(populate_existing=True)
+    )).scalars().all())
+    accounts = await service.prelock(session, [o.account_id for o in rows])
+    _detach(session, [*rows, *accounts.values(), *books.values()])
+    for key, product in books.items():
+        mine = [o for o in rows if o.product_key == key]
+        if not mine:
             continue
-        accounts = await service.prelock(session, [o.account_id for o in rows])
-        _detach(session, [*rows, *accounts.values()])
         txn = _Txn(at=at, today=clock.business_date(at), product=product, fee_bps=0,
                    accounts=accounts)
-        for o in rows:
+        for o in mine:
             await _release(session, txn, o, reason)
         await _write(session, txn)
-        n += len(rows)
+    n = len(rows)
     if n:
         await audit.append(session, actor=actor, action="trading.orders_clear",
                            entity="trading_product", entity_id=product_key or "*", now=at,

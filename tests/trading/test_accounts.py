@@ -122,7 +122,7 @@ async def test_a_persons_identity_is_encrypted_and_unique(
                               headers=exchange()), "trading.identity_exists", 409)
 
 
-async def test_market_rules_are_configurable_by_the_exchange_only(
+async def test_art28_market_rules_are_configurable_by_the_exchange_only(
         client: httpx.AsyncClient, market: str) -> None:
     cfg = ok(await client.get("/v1/admin/trading/config", headers=exchange()))
     assert cfg["sessions"] == [["09:30", "11:30"], ["13:00", "15:00"]]

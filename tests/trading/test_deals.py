@@ -39,7 +39,7 @@ async def _state(runtime: Runtime) -> tuple[int, int, int]:
         )
 
 
-async def test_agreement_transfer_settles_delivery_versus_payment(
+async def test_art25_agreement_transfer_settles_delivery_versus_payment(
         client: httpx.AsyncClient, runtime: Runtime, market: str) -> None:
     async with runtime.db.transaction() as s:
         seller = await trader(s, credits=30)

@@ -40,7 +40,7 @@ async def _rows(runtime: Runtime) -> tuple[int, int, int]:
         )
 
 
-async def test_price_time_priority_and_delivery_versus_payment(
+async def test_art25_public_bidding_price_time_priority_and_dvp(
         client: httpx.AsyncClient, runtime: Runtime, market: str) -> None:
     async with runtime.db.transaction() as s:
         a = await trader(s, credits=10)
