@@ -27,8 +27,9 @@ from registry.models import Account, Block, Cancellation, Lock, Organisation
 from registry.schemas import BlockView, LockView, ProductFilter, serial_range
 
 CancelPurpose = Literal["compliance", "neutrality", "judicial", "public_good", "voluntary",
-                        "sanction"]
-PURPOSES = ("compliance", "neutrality", "judicial", "public_good", "voluntary", "sanction")
+                        "sanction", "owner_gone"]
+PURPOSES = ("compliance", "neutrality", "judicial", "public_good", "voluntary", "sanction",
+            "owner_gone")
 
 
 def block_view(b: Block) -> BlockView:

@@ -431,7 +431,7 @@ class Cancellation(Base):
     __table_args__ = (
         CheckConstraint(
             "purpose IN ('compliance', 'neutrality', 'judicial', 'public_good', 'voluntary',"
-            " 'sanction')",
+            " 'sanction', 'owner_gone')",
             name="purpose",
         ),
     )

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from app.audit import actor_of
 from app.auth.principal import Principal
 from app.deps import Db, require
-from registry import catalog, issuance, projects, reports, sanctions, service, steps
+from registry import catalog, dissolution, issuance, projects, reports, sanctions, service, steps
 from registry.models import Project
 from registry.reconcile import reconcile
 from registry.schemas import (
@@ -30,6 +30,8 @@ from registry.schemas import (
     OpinionIn,
     OrganisationIn,
     OrganisationOut,
+    OwnerGoneIn,
+    OwnerGoneOut,
     ProjectOut,
     ProposalDecisionIn,
     ProposalOut,
@@ -79,6 +81,15 @@ async def open_account(body: OrganisationIn, admin: Accounts, db: Db) -> Organis
     ``staff_of`` flags staff of the agency, operator or exchange (Art. 37)."""
     async with db.transaction() as session:
         return await service.create_organisation(session, body, actor=actor_of(admin))
+
+
+@router.post("/organisations/{oid}/owner-gone", response_model=OwnerGoneOut)
+async def owner_gone(oid: UUID, body: OwnerGoneIn, admin: Review, db: Db) -> OwnerGoneOut:
+    """After investigation, the owner has ceased to exist (主体灭失, Art. 22): its projects and
+    the CQCER it holds are cancelled, publicly; the organisation is dissolved."""
+    async with db.transaction() as session:
+        return await dissolution.owner_gone(session, oid, reason=body.reason,
+                                            actor=actor_of(admin))
 
 
 # --- methodologies (Art. 10–13) ---------------------------------------------------------------

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Category = Literal["engineering", "ecological_sink", "carbon_inclusive"]
 CreditState = Literal["held", "locked", "cancelled"]
-Purpose = Literal["compliance", "neutrality", "judicial", "public_good", "voluntary", "sanction"]
+Purpose = Literal["compliance", "neutrality", "judicial", "public_good", "voluntary", "sanction",
+                  "owner_gone"]
 OrgKind = Literal["owner", "trader", "covered_entity", "individual"]
 StaffOf = Literal["registry_agency", "operator", "exchange"]
 
@@ -272,6 +273,22 @@ class ReplyIn(BaseModel):
 class CancelProjectIn(BaseModel):
     ground: Literal["request", "owner_gone", "project_gone"]
     reason: str = Field(min_length=1)
+
+
+class OwnerGoneIn(BaseModel):
+    """The registry agency's finding that an owner has ceased to exist (主体灭失, Art. 22)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class OwnerGoneOut(BaseModel):
+    organisation_id: UUID
+    status: Literal["dissolved"]
+    cancelled_projects: list[int]
+    closed_applications: int
+    cancelled_tonnes: int
 
 
 class NoticeOut(BaseModel):

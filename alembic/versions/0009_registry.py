@@ -249,7 +249,7 @@ def upgrade() -> None:
     sa.Column('detail', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.Column('lock_id', sa.Uuid(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.CheckConstraint("purpose IN ('compliance', 'neutrality', 'judicial', 'public_good', 'voluntary', 'sanction')", name=op.f('ck_registry_cancellations_purpose')),
+    sa.CheckConstraint("purpose IN ('compliance', 'neutrality', 'judicial', 'public_good', 'voluntary', 'sanction', 'owner_gone')", name=op.f('ck_registry_cancellations_purpose')),
     sa.ForeignKeyConstraint(['account_id'], ['registry_accounts.id'], name=op.f('fk_registry_cancellations_account_id_registry_accounts')),
     sa.ForeignKeyConstraint(['lock_id'], ['registry_locks.id'], name=op.f('fk_registry_cancellations_lock_id_registry_locks')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_registry_cancellations'))

@@ -4,6 +4,7 @@ Art. 36 (the registry's disclosure) and Art. 38 (a VVB whose recognition is with
 
 from __future__ import annotations
 
+import uuid
 from datetime import date
 
 import httpx
@@ -14,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from app.runtime import Runtime
 from registry import catalog, issuance, projects
 from registry.models import Project
+from registry.reconcile import reconcile
 from tests.registry.factories import (
     ACTOR,
     at,
@@ -142,3 +144,75 @@ async def test_art17_registry_records_survive_delete_and_truncate(
         async with runtime.db.session() as s:
             assert (await s.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one() \
                 == before
+
+
+async def test_art22_owner_gone_cancels_its_projects_and_credits_publicly(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """Art. 22: 项目业主主体灭失 — after its investigation the registry agency cancels the
+    owner's registered projects and the CQCER it holds; both cancellations are public; the
+    applications in progress close and the organisation can no longer apply. Credits locked
+    in an open trade are settled first: until then the finding is refused and changes
+    nothing; bad input changes nothing either."""
+    from app.auth.tokens import issue_access_token
+    from registry import service
+
+    async with runtime.db.transaction() as s:
+        w, account, done = await holder_with(s, 30)
+        pending = await create(s, w)
+        lk = await service.lock(s, account_id=account, quantity=4, purpose="trade",
+                                reference="deal-1")
+    no = done.issued[0].project_no
+    url = f"/v1/admin/registry/organisations/{w.owner.id}/owner-gone"
+
+    def headers(role: str) -> dict[str, str]:
+        token = issue_access_token("admin", uuid.uuid4(), roles=frozenset({role}))
+        return {"Authorization": f"Bearer {token}"}
+
+    async def state() -> tuple[object, ...]:
+        async with runtime.db.session() as s:
+            tonnes: dict[str, int] = {}
+            for b in await service.holdings(s, account):
+                tonnes[b.state] = tonnes.get(b.state, 0) + b.quantity
+            blocks = sorted(tonnes.items())
+            org_status = (await s.execute(text(
+                "SELECT status FROM organisations WHERE id = :o"), {"o": w.owner.id})).scalar()
+            states = (await s.execute(text(
+                "SELECT array_agg(state ORDER BY no) FROM registry_projects WHERE owner_id = :o"),
+                {"o": w.owner.id})).scalar()
+        return tuple(blocks), org_status, tuple(states or ())
+
+    before = await state()
+    assert before == ((("held", 26), ("locked", 4)), "active", ("registered", "draft"))
+    r = await client.post(url, json={"reason": "工商登记已注销"}, headers=headers("operator_admin"))
+    assert r.status_code == 403
+    r = await client.post(url, json={"reason": "工商登记已注销"},
+                          headers=headers("registry_agency"))
+    assert (r.status_code, r.json()["code"], r.json()["locked"]) == (
+        409, "registry.credits_locked", 4)
+    for bad in ({}, {"reason": "   "}, {"reason": "x", "force": True}):
+        r = await client.post(url, json=bad, headers=headers("registry_agency"))
+        assert (r.status_code, r.json()["code"]) == (422, "request.invalid")
+    assert await state() == before
+    async with runtime.db.transaction() as s:
+        await service.unlock(s, lk.id)
+
+    r = await client.post(url, json={"reason": "工商登记已注销（2025-07-15）"},
+                          headers=headers("registry_agency"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"organisation_id": str(w.owner.id), "status": "dissolved",
+                        "cancelled_projects": [no], "closed_applications": 1,
+                        "cancelled_tonnes": 30}
+    assert await state() == ((("cancelled", 30),), "dissolved", ("cancelled", "rejected"))
+    again = await client.post(url, json={"reason": "再次"}, headers=headers("registry_agency"))
+    assert (again.status_code, again.json()["code"]) == (409, "registry.wrong_state")
+
+    gone = [c for c in (await client.get("/public/registry/datasets/cancellations")).json()
+            if c["purpose"] == "owner_gone" and str(c["serials"]).startswith(f"CQCER-{no}-")]
+    assert [c["quantity"] for c in gone] == [30]
+    projects_gone = {p["no"]: p for p in
+                     (await client.get("/public/registry/datasets/project_cancellations")).json()}
+    assert projects_gone[no]["cancel_ground"] == "owner_gone"
+    async with runtime.db.transaction() as s:
+        await refused("registry.organisation_not_found", create(s, w, site="新址"))
+        assert (await projects.project_out(s, pending.id)).state == "rejected"
+        assert await reconcile(s) == []
