@@ -74,9 +74,19 @@ def migrate() -> None:
 @cli.command()
 def seed() -> None:
     """Load demo data (labelled as such); safe to run twice."""
+    from rich.table import Table
+
     from app.seed import seed_demo
 
-    run_with_runtime(seed_demo)
+    seeded = run_with_runtime(seed_demo)
+    table = Table(title="Demo data (演示数据) — development only", show_lines=False)
+    table.add_column("domain")
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    for domain, summary in seeded.items():
+        for key, value in summary.items():
+            table.add_row(domain.removesuffix(".seed"), key, str(value))
+    Console().print(table)
 
 
 def _mount(name: str, module: str, help_text: str) -> None:

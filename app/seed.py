@@ -17,10 +17,12 @@ log = structlog.get_logger()
 DOMAINS = ("app.auth.seed", "scenes.seed", "points.seed", "mall.seed", "registry.seed")
 
 
-async def seed_demo(runtime: Runtime) -> None:
+async def seed_demo(runtime: Runtime) -> dict[str, dict[str, object]]:
+    """Seed every domain; returns what each seeded (demo credentials included) by domain."""
     from app.migrations import check_current
 
     await check_current(runtime.db)
+    seeded: dict[str, dict[str, object]] = {}
     for name in DOMAINS:
         try:
             module = importlib.import_module(name)
@@ -30,4 +32,6 @@ async def seed_demo(runtime: Runtime) -> None:
             raise
         async with runtime.db.transaction() as session:
             summary = await module.seed_demo(session)
-        log.info("seeded", domain=name, **(summary or {}))
+        seeded[name] = dict(summary or {})
+        log.info("seeded", domain=name, keys=sorted(seeded[name]))
+    return seeded
