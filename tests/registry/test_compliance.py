@@ -216,3 +216,56 @@ async def test_art22_owner_gone_cancels_its_projects_and_credits_publicly(
         await refused("registry.organisation_not_found", create(s, w, site="新址"))
         assert (await projects.project_out(s, pending.id)).state == "rejected"
         assert await reconcile(s) == []
+
+
+async def test_art18_a_negative_validation_conclusion_ends_the_application(
+        runtime: Runtime) -> None:
+    """Art. 18: the validation report states a positive or negative conclusion; with a
+    negative one the owner cannot submit, and the report stays on record."""
+    async with runtime.db.transaction() as s:
+        w = await world(s)
+        p = await create(s, w)
+        await projects.file_validation(s, p.id, vvb_id=w.validator.id, conclusion="negative",
+                                       report_ref="val-neg", actor=ACTOR, now=at("2025-03-03"))
+        await refused("registry.validation_negative", projects.submit_project(
+            s, p.id, owner_id=w.owner.id, actor=ACTOR, now=at("2025-03-04")))
+        kept = await s.get(Project, p.id, populate_existing=True)
+        assert kept is not None
+    assert (kept.state, kept.validation_conclusion, kept.validation_report_ref) == (
+        "draft", "negative", "val-neg")
+
+
+async def test_art6_the_registry_is_the_final_word_on_holder_and_state(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """Art. 6: 管理系统记录的信息是判断CQCER归属和状态的最终依据 — the public serial lookup
+    answers, for any tonne, the account that holds it and its state, and follows every
+    lock, delivery and cancellation made through the registry's credit service."""
+    from registry import service
+
+    async with runtime.db.transaction() as s:
+        _, seller, done = await holder_with(s, 10)
+        buyer = await org(s, kind="trader")
+        assert buyer.account_id
+    no = done.issued[0].project_no
+    serial = f"CQCER-{no}-1-2024-3"
+
+    async def lookup() -> tuple[str, str]:
+        r = await client.get(f"/public/registry/serials/{serial}")
+        assert r.status_code == 200, r.text
+        return r.json()["account_id"], r.json()["state"]
+
+    assert await lookup() == (str(seller), "held")
+    async with runtime.db.transaction() as s:
+        lk = await service.lock(s, account_id=seller, quantity=4, purpose="trade",
+                                reference="deal-9")
+    assert await lookup() == (str(seller), "locked")
+    async with runtime.db.transaction() as s:
+        await service.move_locked(s, lk.id, to_account_id=buyer.account_id)
+    assert await lookup() == (str(buyer.account_id), "held")
+    async with runtime.db.transaction() as s:
+        lk2 = await service.lock(s, account_id=buyer.account_id, quantity=4, purpose="offset",
+                                 reference="neutral-9")
+        await service.cancel_locked(s, lk2.id, purpose="neutrality", beneficiary="年会")
+    assert await lookup() == (str(buyer.account_id), "cancelled")
+    r = await client.get(f"/public/registry/serials/CQCER-{no}-1-2024-9")
+    assert (r.json()["account_id"], r.json()["state"]) == (str(seller), "held")
