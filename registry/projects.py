@@ -17,7 +17,7 @@ from registry import flows
 from registry.catalog import check_vvb, published_version
 from registry.districts import in_chongqing
 from registry.errors import Conflict, Invalid, not_found, wrong_role, wrong_state
-from registry.models import Methodology, Notice, Organisation, Project
+from registry.models import Instalment, Methodology, Notice, Organisation, Project
 from registry.sanctions import add_years, check_not_banned
 from registry.schemas import LegacyProjectIn, NoticeOut, ProjectIn, ProjectOut
 
@@ -237,6 +237,16 @@ async def cancel_project(session: AsyncSession, project_id: UUID, *, ground: str
     p.state, p.cancelled_at, p.cancel_ground, p.closed_reason = "cancelled", at, ground, reason
     await flows._log(session, p, "cancel", actor, at, ground=ground, reason=reason)
     return await project_out(session, p.id)
+
+
+async def district_of(session: AsyncSession, kind: str, sid: UUID) -> str | None:
+    """The district of a project, or of an instalment's project (None if there is none)."""
+    if kind == "instalment":
+        q = select(Project.district_code).join(Instalment, Instalment.project_id == Project.id) \
+            .where(Instalment.id == sid)
+    else:
+        q = select(Project.district_code).where(Project.id == sid)
+    return (await session.execute(q)).scalar_one_or_none()
 
 
 async def project_out(session: AsyncSession, project_id: UUID) -> ProjectOut:

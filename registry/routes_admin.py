@@ -13,6 +13,7 @@ from app.audit import actor_of
 from app.auth.principal import Principal
 from app.deps import Db, require
 from registry import catalog, dissolution, issuance, projects, reports, sanctions, service, steps
+from registry.errors import not_found
 from registry.models import Project
 from registry.reconcile import reconcile
 from registry.schemas import (
@@ -73,6 +74,13 @@ else:
 
 def _kind(kind: Kind) -> Literal["project", "instalment"]:
     return "project" if kind == "projects" else "instalment"
+
+
+def _district_only(admin: Principal) -> str | None:
+    """The district a district bureau (with no city-level role) is confined to (Art. 4)."""
+    if "district_bureau" in admin.roles and not admin.roles & {"bureau", "registry_agency"}:
+        return admin.district or "-"
+    return None
 
 
 @router.post("/organisations", response_model=OrganisationOut, status_code=201)
@@ -170,8 +178,9 @@ async def list_projects(admin: Read, db: Db, state: str | None = None) -> list[P
     q = select(Project.id).order_by(Project.no)
     if state:
         q = q.where(Project.state == state)
-    if "district_bureau" in admin.roles and not admin.roles & {"bureau", "registry_agency"}:
-        q = q.where(Project.district_code == (admin.district or "-"))
+    district = _district_only(admin)
+    if district is not None:
+        q = q.where(Project.district_code == district)
     async with db.transaction() as session:
         ids = (await session.execute(q)).scalars().all()
         return [await projects.project_out(session, i) for i in ids]
@@ -213,7 +222,12 @@ async def cancel_project(pid: UUID, body: CancelProjectIn, admin: Review, db: Db
 
 @router.get("/{kind}/{sid}", response_model=AnyView)
 async def get_subject(kind: Kind, sid: UUID, admin: Read, db: Db) -> steps.View:
+    """A project or instalment; a district bureau reads only its own district's (Art. 4)."""
+    district = _district_only(admin)
     async with db.transaction() as session:
+        if district is not None and \
+                await projects.district_of(session, _kind(kind), sid) != district:
+            raise not_found(_kind(kind))
         return await steps.view(session, _kind(kind), sid)
 
 

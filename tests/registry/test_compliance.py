@@ -20,6 +20,7 @@ from tests.registry.factories import (
     ACTOR,
     at,
     holder_with,
+    issued,
     org,
     registered_project,
     world,
@@ -269,3 +270,45 @@ async def test_art6_the_registry_is_the_final_word_on_holder_and_state(
     assert await lookup() == (str(buyer.account_id), "cancelled")
     r = await client.get(f"/public/registry/serials/CQCER-{no}-1-2024-9")
     assert (r.json()["account_id"], r.json()["state"]) == (str(seller), "held")
+
+
+async def test_art4_a_district_bureau_reads_only_its_own_district(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """Art. 4: 区县生态环境局负责辖区内……监督管理 — a district bureau lists and reads the
+    projects and instalments of its own district; another district's are not found. The city
+    bureau reads all."""
+    from app.auth.tokens import issue_access_token
+
+    async with runtime.db.transaction() as s:
+        w = await world(s)
+        mine = await registered_project(s, w, district_code="500112")
+        inst_mine = await issued(s, w, mine.id, 5)
+        theirs = await registered_project(s, w, district_code="500103")
+        inst_theirs = await issued(s, w, theirs.id, 5)
+
+    def token(roles: set[str], district: str | None = None) -> dict[str, str]:
+        t = issue_access_token("admin", uuid.uuid4(), roles=roles, district=district)
+        return {"Authorization": f"Bearer {t}"}
+
+    yubei = token({"district_bureau"}, "500112")
+    listed = await client.get("/v1/admin/registry/projects", headers=yubei)
+    assert listed.status_code == 200
+    ids = {p["id"] for p in listed.json()}
+    assert str(mine.id) in ids and str(theirs.id) not in ids
+    assert {p["district_code"] for p in listed.json()} == {"500112"}
+    for path, ok in ((f"projects/{mine.id}", True), (f"instalments/{inst_mine.id}", True),
+                     (f"projects/{theirs.id}", False),
+                     (f"instalments/{inst_theirs.id}", False)):
+        r = await client.get(f"/v1/admin/registry/{path}", headers=yubei)
+        assert r.status_code == (200 if ok else 404), (path, r.text)
+        if not ok:
+            assert r.json()["code"] in ("registry.project_not_found",
+                                        "registry.instalment_not_found")
+    nowhere = token({"district_bureau"})
+    assert (await client.get("/v1/admin/registry/projects", headers=nowhere)).json() == []
+    city = token({"bureau"})
+    r = await client.get(f"/v1/admin/registry/projects/{theirs.id}", headers=city)
+    assert r.status_code == 200
+    ids = {p["id"] for p in (await client.get("/v1/admin/registry/projects",
+                                              headers=city)).json()}
+    assert {str(mine.id), str(theirs.id)} <= ids
