@@ -1,5 +1,5 @@
 """The working-day calendar (工作日历) behind statutory deadlines such as the
-20-working-day public notice (Art. 13 公示), on the State Council's real schedules."""
+20-working-day public notice (Art. 17 公示), on the State Council's real schedules."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ async def test_spring_festival_2025(runtime: Runtime) -> None:
         assert not await service.is_working_day(s, date(2025, 2, 9))
 
 
-async def test_art13_twenty_working_day_notice_from_2024_09_20(runtime: Runtime) -> None:
+async def test_art17_twenty_working_day_notice_from_2024_09_20(runtime: Runtime) -> None:
     """A 公示 published Fri 20 Sep 2024 for 20 working days, counted by hand from the official
     schedule: 23–27 Sep (5), Sun 29 Sep (6), 30 Sep (7), [1–7 Oct off], 8–11 Oct (11),
     Sat 12 Oct (12), 14–18 Oct (17), 21, 22, 23 Oct (20)."""
