@@ -312,3 +312,49 @@ async def test_art4_a_district_bureau_reads_only_its_own_district(
     ids = {p["id"] for p in (await client.get("/v1/admin/registry/projects",
                                               headers=city)).json()}
     assert {str(mine.id), str(theirs.id)} <= ids
+
+
+async def test_art11_12_14_three_categories_and_the_bureau_publishes_methodologies(
+        runtime: Runtime, client: httpx.AsyncClient) -> None:
+    """Art. 11/14: methodologies, projects and CQCER fall into exactly three categories
+    (工程类, 生态碳汇类, 碳普惠类) — the API and the database refuse any other. Art. 12: the
+    bureau makes and publishes methodologies; no other role may."""
+    from app.auth.tokens import issue_access_token
+
+    def token(role: str) -> dict[str, str]:
+        t = issue_access_token("admin", uuid.uuid4(), roles={role})
+        return {"Authorization": f"Bearer {t}"}
+
+    body = {"code": f"CQ-{uuid.uuid4().hex[:8]}", "title": "测试方法学",
+            "category": "engineering", "field": "energy", "baseline": "b",
+            "additionality": "a", "formula": "E = B - P", "parameters": {},
+            "monitoring_plan_ref": "mp"}
+    async with runtime.db.session() as s:
+        before = (await s.execute(text("SELECT count(*) FROM registry_methodologies"))).scalar()
+    for role in ("registry_agency", "operator_admin", "expert", "vvb"):
+        r = await client.post("/v1/admin/registry/methodologies", json=body,
+                              headers=token(role))
+        assert r.status_code == 403, role
+    r = await client.post("/v1/admin/registry/methodologies",
+                          json={**body, "category": "forestry"}, headers=token("bureau"))
+    assert (r.status_code, r.json()["code"]) == (422, "request.invalid")
+    async with runtime.db.session() as s:
+        assert (await s.execute(text("SELECT count(*) FROM registry_methodologies"))).scalar() \
+            == before
+    r = await client.post("/v1/admin/registry/methodologies", json=body,
+                          headers=token("bureau"))
+    assert r.status_code == 201, r.text
+    mid = r.json()["id"]
+    r = await client.post(f"/v1/admin/registry/methodologies/{mid}/publish",
+                          headers=token("registry_agency"))
+    assert r.status_code == 403
+    r = await client.post(f"/v1/admin/registry/methodologies/{mid}/publish",
+                          headers=token("bureau"))
+    assert (r.status_code, r.json()["status"]) == (200, "published")
+    async with runtime.db.transaction() as s:
+        project = await create(s, await world(s))
+    for table, row in (("registry_methodologies", mid), ("registry_projects", project.id)):
+        with pytest.raises(DBAPIError, match=r"ck_.*category"):
+            async with runtime.db.transaction() as s:
+                await s.execute(text(f"UPDATE {table} SET category = 'other' WHERE id = :i"),
+                                {"i": row})
