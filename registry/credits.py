@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock
+from registry import carving
 from registry.errors import Conflict, Invalid, not_found
 from registry.models import Account, Block, Cancellation, Lock, Organisation
 from registry.schemas import BlockView, LockView, ProductFilter, serial_range
@@ -30,6 +32,7 @@ CancelPurpose = Literal["compliance", "neutrality", "judicial", "public_good", "
                         "sanction", "owner_gone"]
 PURPOSES = ("compliance", "neutrality", "judicial", "public_good", "voluntary", "sanction",
             "owner_gone")
+_LOCKS: Table = Lock.__table__  # type: ignore[assignment]
 
 
 def block_view(b: Block) -> BlockView:
@@ -75,63 +78,144 @@ async def record_movements(
     )
 
 
-async def _take(
-    session: AsyncSession, account_id: UUID, quantity: int, product: ProductFilter | None,
-) -> tuple[list[UUID], Block | None, int]:
-    """Choose held blocks, oldest vintage first, in one statement: whole blocks, and the one to
-    split (with how many tonnes to take from it). Refuses when the account holds too few."""
+@dataclass(frozen=True, slots=True)
+class LockRequest:
+    """Lock ``quantity`` tonnes held by ``account_id`` (of ``product`` if given) for
+    ``purpose`` (``reference`` names the trade or offset)."""
+
+    account_id: UUID
+    quantity: int
+    purpose: str
+    reference: str
+    product: ProductFilter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Deliver ``quantity`` tonnes of a lock (everything still under it if None) to the
+    account ``to_account_id``, where they are held afterwards."""
+
+    lock_id: UUID
+    to_account_id: UUID
+    quantity: int | None = None
+
+
+def _product_key(p: ProductFilter | None) -> tuple[str, int | None, UUID | None] | None:
+    return (p.category, p.vintage, p.project_id) if p is not None else None
+
+
+async def held_quantities(
+    session: AsyncSession, account_ids: Iterable[UUID], product: ProductFilter | None = None,
+) -> dict[UUID, int]:
+    """Tonnes held (not locked, not cancelled) by each account, of ``product`` if given; one
+    statement. Stable for as long as the caller holds the accounts' row locks."""
+    ids = sorted(set(account_ids))
     size = Block.serial_end - Block.serial_start + 1
-    cond = [Block.account_id == account_id, Block.state == "held"]
+    cond = [Block.account_id.in_(ids), Block.state == "held"]
     if product is not None:
         cond.append(Block.category == product.category)
         if product.vintage is not None:
             cond.append(Block.vintage == product.vintage)
         if product.project_id is not None:
             cond.append(Block.project_id == product.project_id)
-    running = func.sum(size).over(order_by=(Block.vintage, Block.issuance_no, Block.serial_start))
-    inner = select(Block.id, size.label("size"), running.label("running")).where(*cond).subquery()
-    rows = (await session.execute(
-        select(inner.c.id, inner.c.size, inner.c.running)
-        .where(inner.c.running - inner.c.size < quantity).order_by(inner.c.running)
-    )).all()
-    available = int(rows[-1].running) if rows else 0
-    if available < quantity:
-        raise Conflict(
-            "registry.insufficient_credits",
-            f"The account holds {available} matching tonnes, fewer than {quantity}.",
-            available=available, requested=quantity,
-        )
-    # The account's row lock already serialises writers; lock the chosen blocks as well.
-    await session.execute(
-        select(Block.id).where(Block.id.in_([r.id for r in rows])).with_for_update()
-    )
-    last = rows[-1]
-    if int(last.running) == quantity:
-        return [r.id for r in rows], None, 0
-    partial = await session.get(Block, last.id, populate_existing=True)
-    assert partial is not None
-    return [r.id for r in rows[:-1]], partial, quantity - (int(last.running) - int(last.size))
+    found = dict((await session.execute(
+        select(Block.account_id, func.sum(size)).where(*cond).group_by(Block.account_id)
+    )).all())
+    return {a: int(found.get(a, 0)) for a in ids}
 
 
-async def split(session: AsyncSession, block: Block, take: int, at: datetime) -> Block:
-    """Split ``take`` tonnes off the front of ``block``: the block keeps the rest, the split-off
-    part is a new block in the same account and state (returned)."""
-    head = Block(
-        id=uuid.uuid4(), issuance_id=block.issuance_id, issuance_no=block.issuance_no,
-        project_id=block.project_id, project_no=block.project_no,
-        instalment_no=block.instalment_no, vintage=block.vintage, category=block.category,
-        serial_start=block.serial_start, serial_end=block.serial_start + take - 1,
-        account_id=block.account_id, state=block.state, lock_id=block.lock_id,
-        cancellation_id=block.cancellation_id, created_at=at, updated_at=at,
-    )
-    # Shrink first, then insert: the two ranges never overlap, even for a moment.
-    await session.execute(
-        update(Block).where(Block.id == block.id)
-        .values(serial_start=block.serial_start + take, updated_at=at)
-    )
-    session.add(head)
-    await session.flush()
-    return head
+def _segments(requests: Sequence[LockRequest]) -> list[list[int]]:
+    """Split the requests into consecutive segments in which no account is asked for two
+    different products: within one, each account's requests draw on one run of blocks."""
+    out: list[list[int]] = [[]]
+    seen: dict[UUID, object] = {}
+    for i, r in enumerate(requests):
+        key = _product_key(r.product)
+        if seen.get(r.account_id, key) != key:
+            out.append([])
+            seen = {}
+        seen[r.account_id] = key
+        out[-1].append(i)
+    return out
+
+
+async def lock_many(
+    session: AsyncSession, requests: Sequence[LockRequest], *, now: datetime | None = None,
+) -> list[LockView]:
+    """Lock credits for many requests at once (锁定), in a few set-based statements; the
+    result is what the same :func:`lock` calls in this order would give: each request takes
+    the account's held credits (of its product) oldest vintage first, splitting the last block
+    if needed. All or nothing: ``Conflict("registry.insufficient_credits")`` (with the
+    request's ``index``) if an account holds too few, and nothing is locked.
+
+    Takes the accounts' row locks once, in id order; one audit record for the batch."""
+    if not requests:
+        return []
+    for i, r in enumerate(requests):
+        if r.quantity < 1:
+            raise Invalid("registry.quantity_invalid", "The quantity must be at least 1 tonne.",
+                          index=i)
+    at = now or clock.now()
+    await lock_accounts(session, (r.account_id for r in requests))
+    ids = [uuid.uuid4() for _ in requests]
+    takes: list[carving.Take] = [
+        carving.Take(run=0, quantity=r.quantity, account_id=r.account_id, state="locked",
+                     lock_id=lid, kind="lock", from_account=r.account_id, via_lock=lid)
+        for r, lid in zip(requests, ids, strict=True)]
+    segments = _segments(requests)
+    if len(segments) == 1:
+        await _lock_segment(session, requests, ids, takes, segments[0], at, first=True)
+    else:
+        async with session.begin_nested():  # all or nothing across segments
+            for n, seg in enumerate(segments):
+                await _lock_segment(session, requests, ids, takes, seg, at, first=n == 0)
+    await audit.append(
+        session, actor="registry", action="credits.lock", entity="registry_lock",
+        entity_id=str(ids[0]), now=at,
+        data={"locks": [{"id": str(lid), "account_id": str(r.account_id),
+                         "quantity": r.quantity, "purpose": r.purpose,
+                         "reference": r.reference} for r, lid in zip(requests, ids,
+                                                                     strict=True)]})
+    return [LockView(id=lid, account_id=r.account_id, quantity=r.quantity, purpose=r.purpose,
+                     reference=r.reference, state="active", created_at=at, blocks=t.blocks)
+            for r, lid, t in zip(requests, ids, takes, strict=True)]
+
+
+async def _lock_segment(
+    session: AsyncSession, requests: Sequence[LockRequest], ids: list[UUID],
+    takes: list[carving.Take], seg: list[int], at: datetime, *, first: bool,
+) -> None:
+    runs: dict[UUID, int] = {}
+    keys: list[tuple[UUID, ProductFilter | None]] = []
+    need: list[int] = []
+    for i in seg:
+        r = requests[i]
+        g = runs.setdefault(r.account_id, len(keys))
+        if g == len(keys):
+            keys.append((r.account_id, r.product))
+            need.append(0)
+        need[g] += r.quantity
+        takes[i].run = g
+    found = await carving.held_runs(session, keys, need)
+    for g, run in enumerate(found):
+        if run.total < need[g]:
+            upto = 0
+            for i in seg:  # the first request of the run that cannot be served
+                if takes[i].run == g:
+                    upto += requests[i].quantity
+                    if upto > run.total:
+                        break
+            raise Conflict(
+                "registry.insufficient_credits",
+                f"The account holds {run.total} matching tonnes, fewer than {need[g]}.",
+                available=run.total, requested=need[g], index=i,
+            )
+    await session.execute(insert(_LOCKS), [
+        {"id": ids[i], "account_id": r.account_id, "quantity": r.quantity,
+         "purpose": r.purpose, "reference": r.reference,
+         "product": r.product.model_dump(mode="json") if r.product is not None else None,
+         "state": "active", "created_at": at} for i in seg for r in (requests[i],)])
+    await carving.write(session, carving.plan(found, [takes[i] for i in seg]), at)
 
 
 async def lock(
@@ -140,97 +224,173 @@ async def lock(
 ) -> LockView:
     """Lock ``quantity`` tonnes held by the account (锁定), oldest vintage first, splitting the
     last block if needed. ``Conflict("registry.insufficient_credits")`` if it holds too few."""
-    if quantity < 1:
-        raise Invalid("registry.quantity_invalid", "The quantity must be at least 1 tonne.")
-    at = now or clock.now()
-    await lock_accounts(session, [account_id])
-    whole, partial, take = await _take(session, account_id, quantity, product)
-    row = Lock(
-        id=uuid.uuid4(), account_id=account_id, quantity=quantity, purpose=purpose,
-        reference=reference, product=product.model_dump(mode="json") if product else None,
-        state="active", created_at=at,
-    )
-    session.add(row)
-    await session.flush()
-    ids = list(whole)
-    if partial is not None:
-        ids.append((await split(session, partial, take, at)).id)
-    await session.execute(
-        update(Block).where(Block.id.in_(ids), Block.state == "held")
-        .values(state="locked", lock_id=row.id, updated_at=at)
-    )
-    await record_movements(session, "lock", where="lock_id = :l", params={"l": row.id},
-                           from_account=account_id, to_account=account_id, lock_id=row.id, at=at)
-    blocks = await _blocks_of_lock(session, row.id)
-    await audit.append(session, actor="registry", action="credits.lock", entity="registry_lock",
-                       entity_id=str(row.id), now=at,
-                       data={"account_id": str(account_id), "quantity": quantity,
-                             "purpose": purpose, "reference": reference})
-    return LockView(id=row.id, account_id=account_id, quantity=quantity, purpose=purpose,
-                    reference=reference, state="active", created_at=at, blocks=blocks)
+    return (await lock_many(session, [LockRequest(account_id, quantity, purpose, reference,
+                                                  product)], now=now))[0]
 
 
 async def _blocks_of_lock(session: AsyncSession, lock_id: UUID) -> list[BlockView]:
     rows = (await session.execute(
         select(Block).where(Block.lock_id == lock_id).order_by(Block.vintage, Block.issuance_no,
                                                                Block.serial_start)
+        .execution_options(populate_existing=True)
     )).scalars().all()
     return [block_view(b) for b in rows]
 
 
-async def _active_lock(session: AsyncSession, lock_id: UUID,
-                       other_accounts: Sequence[UUID] = ()) -> Lock:
-    """The lock, with its account's (and ``other_accounts``') row locks taken; must be active."""
-    found = await session.get(Lock, lock_id)
-    if found is None:
+async def _active_locks(session: AsyncSession, lock_ids: Sequence[UUID],
+                        other_accounts: Iterable[UUID] = ()) -> dict[UUID, Any]:
+    """The locks (id → row with ``account_id``), with their accounts' (and
+    ``other_accounts``') row locks taken in id order; every one must be active."""
+    wanted = set(lock_ids)
+    holders = dict((await session.execute(
+        select(Lock.id, Lock.account_id).where(Lock.id.in_(wanted))
+    )).all())
+    if len(holders) != len(wanted):
         raise not_found("lock")
-    await lock_accounts(session, [found.account_id, *other_accounts])
-    row = (await session.execute(
-        select(Lock).where(Lock.id == lock_id).with_for_update()
-        .execution_options(populate_existing=True)
-    )).scalar_one()
-    if row.state != "active":
-        # Art. 29: a cancelled lock (and its cancelled credits) can never be used again.
-        raise Conflict("registry.lock_not_active", f"The lock is {row.state}.", state=row.state)
-    return row
+    await lock_accounts(session, [*holders.values(), *other_accounts])
+    rows = {r.id: r for r in (await session.execute(
+        select(Lock.id, Lock.account_id, Lock.state).where(Lock.id.in_(wanted))
+        .order_by(Lock.id).with_for_update()
+    )).all()}
+    for r in rows.values():
+        if r.state != "active":
+            # Art. 29: a cancelled lock (and its cancelled credits) can never be used again.
+            raise Conflict("registry.lock_not_active", f"The lock is {r.state}.",
+                           state=r.state, lock_id=str(r.id))
+    return rows
+
+
+async def unlock_many(session: AsyncSession, lock_ids: Sequence[UUID], *,
+                      now: datetime | None = None) -> None:
+    """Release locks: their credits are held again by the same accounts. One audit record."""
+    if not lock_ids:
+        return
+    at = now or clock.now()
+    ids = sorted(set(lock_ids))
+    await _active_locks(session, ids)
+    await session.execute(text(
+        "INSERT INTO registry_movements (kind, issuance_id, serial_start, serial_end, "
+        "from_account_id, to_account_id, lock_id, at) SELECT 'unlock', issuance_id, "
+        "serial_start, serial_end, account_id, account_id, lock_id, :at FROM registry_blocks "
+        "WHERE lock_id = ANY(:ids)"), {"ids": ids, "at": at})
+    await session.execute(
+        update(Block).where(Block.lock_id.in_(ids))
+        .values(state="held", lock_id=None, updated_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(Lock).where(Lock.id.in_(ids)).values(state="released", closed_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    await audit.append(session, actor="registry", action="credits.unlock",
+                       entity="registry_lock", entity_id=str(ids[0]), now=at,
+                       data={"locks": [str(i) for i in ids]})
 
 
 async def unlock(session: AsyncSession, lock_id: UUID, *, now: datetime | None = None) -> None:
     """Release a lock: its credits are held again by the same account."""
+    await unlock_many(session, [lock_id], now=now)
+
+
+async def deliver_many(
+    session: AsyncSession, deliveries: Sequence[Delivery], *, now: datetime | None = None,
+) -> list[list[BlockView]]:
+    """Deliver locked credits (DvP delivery, 交割) in a few set-based statements, in this
+    order: each delivery takes the next tonnes under its lock (oldest vintage first) to its
+    account, where they are held afterwards; the rest stays locked under the same lock. A lock
+    whose last tonne is delivered is closed as ``delivered``. Returns each delivery's blocks.
+
+    All or nothing: ``registry.lock_not_found``, ``registry.lock_not_active``,
+    ``registry.quantity_invalid``, ``registry.account_not_found``, or
+    ``registry.delivery_exceeds_lock`` (more than the lock holds), and nothing moves.
+    Takes the row locks of every holder and receiver once, in id order; one audit record."""
+    if not deliveries:
+        return []
     at = now or clock.now()
-    row = await _active_lock(session, lock_id)
-    await record_movements(session, "unlock", where="lock_id = :l", params={"l": lock_id},
-                           from_account=row.account_id, to_account=row.account_id,
-                           lock_id=lock_id, at=at)
-    await session.execute(
-        update(Block).where(Block.lock_id == lock_id)
-        .values(state="held", lock_id=None, updated_at=at)
-    )
-    row.state, row.closed_at = "released", at
-    await audit.append(session, actor="registry", action="credits.unlock",
-                       entity="registry_lock", entity_id=str(lock_id), now=at)
+    runs: dict[UUID, int] = {}
+    need: list[int] = []
+    open_ended: set[int] = set()
+    for i, d in enumerate(deliveries):
+        g = runs.setdefault(d.lock_id, len(need))
+        if g == len(need):
+            need.append(0)
+        if g in open_ended:
+            raise Invalid("registry.quantity_invalid",
+                          "A delivery of the whole rest of a lock must be its last.", index=i)
+        if d.quantity is None:
+            open_ended.add(g)
+        elif d.quantity < 1:
+            raise Invalid("registry.quantity_invalid", "The quantity must be at least 1 tonne.",
+                          index=i)
+        else:
+            need[g] += d.quantity
+    lock_ids = list(runs)
+    rows = await _active_locks(session, lock_ids, (d.to_account_id for d in deliveries))
+    found = await carving.lock_runs(
+        session, lock_ids, [carving.ALL if g in open_ended else n for g, n in enumerate(need)])
+    takes: list[carving.Take] = []
+    for i, d in enumerate(deliveries):
+        g = runs[d.lock_id]
+        q = d.quantity if d.quantity is not None else found[g].total - need[g]
+        if found[g].total < need[g] or q < 1:
+            raise Conflict("registry.delivery_exceeds_lock",
+                           f"The lock holds {found[g].total} tonnes, fewer than delivered.",
+                           available=found[g].total, requested=need[g], index=i)
+        takes.append(carving.Take(run=g, quantity=q, account_id=d.to_account_id, state="held",
+                                  lock_id=None, kind="deliver",
+                                  from_account=rows[d.lock_id].account_id, via_lock=d.lock_id))
+    await carving.write(session, carving.plan(found, takes), at)
+    last: dict[UUID, UUID] = {}
+    delivered = {t.via_lock: 0 for t in takes}
+    for t in takes:
+        delivered[t.via_lock] += t.quantity
+        last[t.via_lock] = t.account_id
+    closed = [lid for lid, q in delivered.items() if q == found[runs[lid]].total]
+    if closed:
+        await session.execute(text(
+            "UPDATE registry_locks l SET state = 'delivered', closed_at = :at, "
+            "to_account_id = u.to_acc FROM unnest(CAST(:ids AS uuid[]), "
+            "CAST(:to_acc AS uuid[])) AS u(id, to_acc) WHERE l.id = u.id"),
+            {"at": at, "ids": closed, "to_acc": [last[lid] for lid in closed]})
+    await audit.append(
+        session, actor="registry", action="credits.deliver", entity="registry_lock",
+        entity_id=str(deliveries[0].lock_id), now=at,
+        data={"deliveries": [{"lock_id": str(t.via_lock), "from": str(t.from_account),
+                              "to": str(t.account_id), "quantity": t.quantity}
+                             for t in takes]})
+    return [t.blocks for t in takes]
+
+
+async def deliver(
+    session: AsyncSession, lock_id: UUID, *, quantity: int, to_account_id: UUID,
+    now: datetime | None = None,
+) -> list[BlockView]:
+    """Deliver ``quantity`` tonnes of a lock to another account (a partial fill): the rest
+    stays locked under the same lock."""
+    return (await deliver_many(session, [Delivery(lock_id, to_account_id, quantity)],
+                               now=now))[0]
 
 
 async def move_locked(
     session: AsyncSession, lock_id: UUID, *, to_account_id: UUID, now: datetime | None = None,
 ) -> list[BlockView]:
-    """Deliver locked credits to another account (DvP delivery): held there afterwards."""
-    at = now or clock.now()
-    row = await _active_lock(session, lock_id, [to_account_id])
-    await record_movements(session, "deliver", where="lock_id = :l", params={"l": lock_id},
-                           from_account=row.account_id, to_account=to_account_id,
-                           lock_id=lock_id, at=at)
-    moved = (await session.execute(
-        update(Block).where(Block.lock_id == lock_id)
-        .values(state="held", lock_id=None, account_id=to_account_id, updated_at=at)
-        .returning(Block).execution_options(populate_existing=True)
-    )).scalars().all()
-    row.state, row.closed_at, row.to_account_id = "delivered", at, to_account_id
-    await audit.append(session, actor="registry", action="credits.move",
-                       entity="registry_lock", entity_id=str(lock_id), now=at,
-                       data={"from": str(row.account_id), "to": str(to_account_id),
-                             "quantity": row.quantity})
-    return sorted((block_view(b) for b in moved), key=lambda v: (v.vintage, v.serial))
+    """Deliver everything under a lock to another account (DvP delivery): held there
+    afterwards; the lock is closed as ``delivered``."""
+    return (await deliver_many(session, [Delivery(lock_id, to_account_id)], now=now))[0]
+
+
+async def transfer(
+    session: AsyncSession, *, from_account_id: UUID, to_account_id: UUID, quantity: int,
+    purpose: str, reference: str, product: ProductFilter | None = None,
+    now: datetime | None = None,
+) -> list[BlockView]:
+    """Lock and deliver ``quantity`` held tonnes to another account in one go (a free
+    transfer). Both accounts' row locks are taken first, in id order, so two opposite
+    transfers between the same accounts never deadlock."""
+    await lock_accounts(session, [from_account_id, to_account_id])
+    lk = await lock(session, account_id=from_account_id, quantity=quantity, purpose=purpose,
+                    reference=reference, product=product, now=now)
+    return await move_locked(session, lk.id, to_account_id=to_account_id, now=now)
 
 
 async def cancel_locked(
@@ -243,13 +403,18 @@ async def cancel_locked(
     if not beneficiary.strip():
         raise Invalid("registry.beneficiary_required", "Name the beneficiary.")
     at = now or clock.now()
-    row = await _active_lock(session, lock_id)
+    row = (await _active_locks(session, [lock_id]))[lock_id]
     holder = (await session.execute(
         select(Organisation.name).join(Account, Account.organisation_id == Organisation.id)
         .where(Account.id == row.account_id)
     )).scalar_one()
+    # What is still under the lock (a partly delivered lock holds less than it locked).
+    quantity = int((await session.execute(
+        select(func.sum(Block.serial_end - Block.serial_start + 1))
+        .where(Block.lock_id == lock_id, Block.state == "locked")
+    )).scalar_one())
     cancellation = Cancellation(
-        id=uuid.uuid4(), account_id=row.account_id, holder_name=holder, quantity=row.quantity,
+        id=uuid.uuid4(), account_id=row.account_id, holder_name=holder, quantity=quantity,
         purpose=purpose, beneficiary=beneficiary, detail=detail, lock_id=lock_id,
         created_at=at,
     )
@@ -263,12 +428,16 @@ async def cancel_locked(
         .values(state="cancelled", lock_id=None, cancellation_id=cancellation.id, updated_at=at)
         .returning(Block).execution_options(populate_existing=True)
     )).scalars().all()
-    row.state, row.closed_at = "cancelled", at
+    await session.execute(
+        update(Lock).where(Lock.id == lock_id).values(state="cancelled", closed_at=at)
+        .execution_options(synchronize_session=False)
+    )
     await audit.append(session, actor="registry", action="credits.cancel",
                        entity="registry_cancellation", entity_id=str(cancellation.id), now=at,
-                       data={"lock_id": str(lock_id), "quantity": row.quantity,
+                       data={"lock_id": str(lock_id), "quantity": quantity,
                              "purpose": purpose, "beneficiary": beneficiary})
-    return sorted((block_view(b) for b in done), key=lambda v: (v.vintage, v.serial))
+    return sorted((block_view(b) for b in done),
+                  key=lambda v: (v.vintage, v.project_no, v.serial_start))
 
 
 async def holdings(session: AsyncSession, account_id: UUID) -> list[BlockView]:

@@ -68,10 +68,11 @@ async def transfer(body: TransferIn, org: CurrentOrg, db: Db) -> list[BlockView]
     assert org.scope_id
     async with db.transaction() as session:
         account = await service.account_of(session, org.scope_id)
-        lk = await credits.lock(session, account_id=account, quantity=body.quantity,
-                                purpose="donation", reference=actor_of(org),
-                                product=body.product)
-        return await credits.move_locked(session, lk.id, to_account_id=body.to_account_id)
+        # Both accounts' row locks first, in id order: opposite transfers never deadlock.
+        return await credits.transfer(session, from_account_id=account,
+                                      to_account_id=body.to_account_id, quantity=body.quantity,
+                                      purpose="donation", reference=actor_of(org),
+                                      product=body.product)
 
 
 @router.post("/cancellations", response_model=list[BlockView], status_code=201)

@@ -20,13 +20,21 @@ from app import audit, clock
 from app.auth.tokens import issue_access_token
 from app.errors import Unauthorized
 from registry.credits import (
+    Delivery,
+    LockRequest,
     cancel_locked,
+    deliver,
+    deliver_many,
     find_serial,
+    held_quantities,
     holdings,
     lock,
+    lock_many,
     move_locked,
     parse_serial,
+    transfer,
     unlock,
+    unlock_many,
 )
 from registry.errors import Conflict, not_found
 from registry.models import Account, Organisation, OrgUser
@@ -40,9 +48,10 @@ from registry.schemas import (
 )
 
 __all__ = [
-    "BlockView", "LockView", "ProductFilter", "account_of", "cancel_locked",
-    "create_organisation", "find_serial", "get_organisation", "holdings", "is_trading_barred",
-    "lock", "login", "move_locked", "parse_serial", "unlock",
+    "BlockView", "Delivery", "LockRequest", "LockView", "ProductFilter", "account_of",
+    "cancel_locked", "create_organisation", "deliver", "deliver_many", "find_serial",
+    "get_organisation", "held_quantities", "holdings", "is_trading_barred", "lock",
+    "lock_many", "login", "move_locked", "parse_serial", "transfer", "unlock", "unlock_many",
 ]
 
 _hasher = PasswordHasher()

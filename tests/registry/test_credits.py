@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
+from uuid import UUID
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import Conflict, DomainError
 from app.runtime import Runtime
@@ -15,6 +18,7 @@ from registry import service
 from registry.models import Block, Lock
 from registry.reconcile import reconcile
 from registry.schemas import ProductFilter
+from registry.service import Delivery, LockRequest
 from tests.registry.factories import holder_with, org
 
 
@@ -191,3 +195,253 @@ async def test_find_serial(runtime: Runtime) -> None:
         with pytest.raises(DomainError) as e:
             await service.find_serial(s, "CQCER-x")
         assert e.value.code == "registry.serial_invalid"
+
+
+# --- batch credit API: lock_many, deliver, deliver_many, unlock_many, transfer -------------
+
+
+async def _audits(s: AsyncSession, action: str) -> int:
+    return (await s.execute(text("SELECT count(*) FROM audit_log WHERE action = :a"),
+                            {"a": action})).scalar_one()
+
+
+async def _state(s: AsyncSession, account: UUID) -> dict[str, int]:
+    out = {"held": 0, "locked": 0, "cancelled": 0}
+    for b in await service.holdings(s, account):
+        out[b.state] += b.quantity
+    return out
+
+
+async def test_art30_deliver_part_of_a_lock_keeps_the_rest_locked(runtime: Runtime) -> None:
+    """Art. 30: a partial delivery moves exactly the delivered tonnes; the rest stays under the
+    same lock, and the lock closes when its last tonne is delivered."""
+    async with runtime.db.transaction() as s:
+        _, seller, inst = await holder_with(s, 50)
+        b1, b2 = await org(s, kind="trader"), await org(s, kind="trader")
+        assert b1.account_id and b2.account_id
+        lk = await service.lock(s, account_id=seller, quantity=30, purpose="trade",
+                                reference="order-1")
+        got = await service.deliver(s, lk.id, quantity=12, to_account_id=b1.account_id)
+        base = f"CQCER-{inst.issued[0].project_no}-1-2024"
+        assert [(b.serial, b.state, b.account_id) for b in got] == \
+            [(f"{base}-1-12", "held", b1.account_id)]
+        assert await _state(s, seller) == {"held": 20, "locked": 18, "cancelled": 0}
+        row = await s.get(Lock, lk.id, populate_existing=True)
+        assert row is not None and row.state == "active"
+        rest = await service.deliver(s, lk.id, quantity=18, to_account_id=b2.account_id)
+        assert [b.serial for b in rest] == [f"{base}-13-30"]
+        row = await s.get(Lock, lk.id, populate_existing=True)
+        assert row is not None and (row.state, row.to_account_id) == ("delivered",
+                                                                      b2.account_id)
+        with pytest.raises(Conflict) as e:
+            await service.deliver(s, lk.id, quantity=1, to_account_id=b1.account_id)
+        assert e.value.code == "registry.lock_not_active"
+        kinds = (await s.execute(text(
+            "SELECT kind, serial_start, serial_end, to_account_id FROM registry_movements "
+            "WHERE lock_id = :l ORDER BY id"), {"l": lk.id})).all()
+        assert [(k, a, b) for k, a, b, _ in kinds] == [("lock", 1, 30), ("deliver", 1, 12),
+                                                       ("deliver", 13, 30)]
+        assert await reconcile(s) == []
+
+
+async def test_lock_many_gives_what_the_same_locks_one_by_one_give(runtime: Runtime) -> None:
+    """A batch serves its requests in order, per account and product, oldest issuance first;
+    a request for another product of the same account sees the earlier ones' effect."""
+    async with runtime.db.transaction() as s:
+        _, a, i1 = await holder_with(s, 10)
+        _, other, i2 = await holder_with(s, 10)
+        _, b, _ = await holder_with(s, 6)
+        await service.transfer(s, from_account_id=other, to_account_id=a, quantity=10,
+                               purpose="donation", reference="setup")
+        p2 = ProductFilter(category="engineering", project_id=i2.project_id)
+        before = await _audits(s, "credits.lock")
+        locks = await service.lock_many(s, [
+            LockRequest(a, 5, "trade", "r1"), LockRequest(b, 2, "trade", "r2"),
+            LockRequest(a, 4, "trade", "r3", p2), LockRequest(a, 8, "trade", "r4"),
+            LockRequest(b, 4, "trade", "r5"),
+        ])
+        assert await _audits(s, "credits.lock") == before + 1  # one record per batch
+        n1, n2 = i1.issued[0].project_no, i2.issued[0].project_no
+        assert [[(b.project_no, b.serial_start, b.serial_end) for b in lk.blocks]
+                for lk in locks] == [
+            [(n1, 1, 5)], [(locks[1].blocks[0].project_no, 1, 2)], [(n2, 1, 4)],
+            [(n1, 6, 10), (n2, 5, 7)], [(locks[1].blocks[0].project_no, 3, 6)]]
+        assert [lk.quantity for lk in locks] == [5, 2, 4, 8, 4]
+        assert all(bl.state == "locked" and bl.lock_id == lk.id
+                   for lk in locks for bl in lk.blocks)
+        assert await _state(s, a) == {"held": 3, "locked": 17, "cancelled": 0}
+        assert await _state(s, b) == {"held": 0, "locked": 6, "cancelled": 0}
+        assert await reconcile(s) == []
+
+
+async def test_lock_many_is_all_or_nothing(runtime: Runtime) -> None:
+    async with runtime.db.transaction() as s:
+        _, a, _ = await holder_with(s, 10)
+        _, b, _ = await holder_with(s, 5)
+        counts = await _counts(s)
+        for bad, code in (([LockRequest(a, 4, "t", "x"), LockRequest(b, 3, "t", "y"),
+                            LockRequest(b, 3, "t", "z")], "registry.insufficient_credits"),
+                          ([LockRequest(a, 4, "t", "x"), LockRequest(b, 0, "t", "y")],
+                           "registry.quantity_invalid"),
+                          ([LockRequest(a, 4, "t", "x"),
+                            LockRequest(a, 7, "t", "y",
+                                        ProductFilter(category="engineering", vintage=2024))],
+                           "registry.insufficient_credits")):
+            with pytest.raises(DomainError) as e:
+                await service.lock_many(s, bad)
+            assert e.value.code == code and e.value.extra["index"] in (1, 2)
+        assert await _counts(s) == counts
+        assert await _state(s, a) == {"held": 10, "locked": 0, "cancelled": 0}
+
+
+async def _counts(s: AsyncSession) -> tuple[int, int, int, int]:
+    return tuple((await s.execute(text(  # type: ignore[return-value]
+        "SELECT (SELECT count(*) FROM registry_locks), (SELECT count(*) FROM registry_blocks), "
+        "(SELECT count(*) FROM registry_movements), (SELECT count(*) FROM audit_log)"
+    ))).one())
+
+
+async def test_deliver_many_serves_several_locks_and_receivers_at_once(
+        runtime: Runtime) -> None:
+    async with runtime.db.transaction() as s:
+        _, a, _ = await holder_with(s, 20)
+        _, b, _ = await holder_with(s, 20)
+        x, y = await org(s, kind="trader"), await org(s, kind="trader")
+        assert x.account_id and y.account_id
+        la, lb = await service.lock_many(s, [LockRequest(a, 10, "t", "a"),
+                                             LockRequest(b, 8, "t", "b")])
+        before = await _audits(s, "credits.deliver")
+        out = await service.deliver_many(s, [
+            Delivery(la.id, x.account_id, 3), Delivery(lb.id, y.account_id, 8),
+            Delivery(la.id, y.account_id, 2), Delivery(la.id, x.account_id),  # the rest: 5
+        ])
+        assert await _audits(s, "credits.deliver") == before + 1
+        assert [sum(bl.quantity for bl in blocks) for blocks in out] == [3, 8, 2, 5]
+        assert [(bl.serial_start, bl.serial_end) for bl in out[2]] == [(4, 5)]
+        assert await _state(s, x.account_id) == {"held": 8, "locked": 0, "cancelled": 0}
+        assert await _state(s, y.account_id) == {"held": 10, "locked": 0, "cancelled": 0}
+        assert await _state(s, a) == {"held": 10, "locked": 0, "cancelled": 0}
+        states = (await s.execute(select(Lock.state).where(Lock.id.in_([la.id, lb.id]))
+                                  .execution_options(populate_existing=True))).scalars().all()
+        assert set(states) == {"delivered"}
+        assert await reconcile(s) == []
+
+
+async def test_deliver_many_refusals_change_nothing(runtime: Runtime) -> None:
+    """Too much, an unknown lock or account, a zero quantity, or a cancelled lock (Art. 29):
+    refused, nothing moves."""
+    async with runtime.db.transaction() as s:
+        _, a, _ = await holder_with(s, 20)
+        x = await org(s, kind="trader")
+        assert x.account_id
+        la, gone = await service.lock_many(s, [LockRequest(a, 6, "t", "a"),
+                                               LockRequest(a, 2, "t", "c")])
+        await service.cancel_locked(s, gone.id, purpose="voluntary", beneficiary="self")
+        counts = await _counts(s)
+        for bad, code in (
+            ([Delivery(la.id, x.account_id, 4), Delivery(la.id, x.account_id, 3)],
+             "registry.delivery_exceeds_lock"),
+            ([Delivery(la.id, x.account_id, 6), Delivery(la.id, x.account_id)],
+             "registry.delivery_exceeds_lock"),
+            ([Delivery(la.id, x.account_id, 0)], "registry.quantity_invalid"),
+            ([Delivery(la.id, x.account_id), Delivery(la.id, x.account_id, 1)],
+             "registry.quantity_invalid"),
+            ([Delivery(la.id, x.account_id, 1), Delivery(uuid.uuid4(), x.account_id, 1)],
+             "registry.lock_not_found"),
+            ([Delivery(la.id, uuid.uuid4(), 1)], "registry.account_not_found"),
+            ([Delivery(la.id, x.account_id, 1), Delivery(gone.id, x.account_id, 1)],
+             "registry.lock_not_active"),
+        ):
+            with pytest.raises(DomainError) as e:
+                async with s.begin_nested():
+                    await service.deliver_many(s, bad)
+            assert e.value.code == code
+        assert await _counts(s) == counts
+        assert await _state(s, a) == {"held": 12, "locked": 6, "cancelled": 2}
+
+
+async def test_unlock_many_and_cancel_after_a_partial_delivery(runtime: Runtime) -> None:
+    """A partly delivered lock cancels (Art. 29) or releases only what is still under it."""
+    async with runtime.db.transaction() as s:
+        _, a, _ = await holder_with(s, 30)
+        x = await org(s, kind="trader")
+        assert x.account_id
+        l1, l2, l3 = await service.lock_many(s, [LockRequest(a, 10, "t", str(i))
+                                                 for i in range(3)])
+        await service.deliver_many(s, [Delivery(l1.id, x.account_id, 4),
+                                       Delivery(l2.id, x.account_id, 1)])
+        done = await service.cancel_locked(s, l1.id, purpose="neutrality", beneficiary="会议")
+        assert sum(b.quantity for b in done) == 6
+        quantity = (await s.execute(text(
+            "SELECT quantity FROM registry_cancellations WHERE lock_id = :l"), {"l": l1.id}
+        )).scalar_one()
+        assert quantity == 6
+        await service.unlock_many(s, [l2.id, l3.id])
+        assert await _state(s, a) == {"held": 19, "locked": 0, "cancelled": 6}
+        with pytest.raises(Conflict) as e:
+            await service.unlock_many(s, [l3.id])
+        assert e.value.code == "registry.lock_not_active"
+        assert await reconcile(s) == []
+
+
+async def test_art30_concurrent_batches_over_one_account_never_oversell(
+        runtime: Runtime) -> None:
+    """Art. 30: concurrent lock and delivery batches over the same credits (real concurrent
+    transactions) never lock or deliver a tonne twice."""
+    async with runtime.db.transaction() as s:
+        _, account, _ = await holder_with(s, 100)
+        _, other, _ = await holder_with(s, 10)
+        x = await org(s, kind="trader")
+        assert x.account_id
+        shared = await service.lock(s, account_id=account, quantity=20, purpose="t",
+                                    reference="shared")
+    to = x.account_id
+
+    async def batch(requests: list[LockRequest], deliveries: list[Delivery]) -> str:
+        try:
+            async with runtime.db.transaction() as s:
+                if requests:
+                    await service.lock_many(s, requests)
+                if deliveries:
+                    await service.deliver_many(s, deliveries)
+                await asyncio.sleep(0.05)  # hold the row locks while the others wait
+            return "ok"
+        except Conflict as exc:
+            return exc.code
+
+    results = await asyncio.gather(
+        batch([LockRequest(account, 30, "t", "a"), LockRequest(other, 5, "t", "a")], []),
+        batch([LockRequest(other, 5, "t", "b"), LockRequest(account, 30, "t", "b")], []),
+        batch([LockRequest(account, 25, "t", "c")], []),
+        batch([], [Delivery(shared.id, to, 15)]),
+        batch([], [Delivery(shared.id, to, 15)]),
+    )
+    assert results[3:].count("ok") == 1
+    assert "registry.delivery_exceeds_lock" in results[3:]
+    assert "registry.insufficient_credits" in results[:3]
+    async with runtime.db.transaction() as s:
+        mine = await _state(s, account)
+        locked = 20 - 15 + sum(n for n, r in zip((30, 30, 25), results, strict=False)
+                               if r == "ok")
+        assert mine == {"held": 100 - 15 - locked, "locked": locked, "cancelled": 0}
+        assert await _state(s, to) == {"held": 15, "locked": 0, "cancelled": 0}
+        assert await reconcile(s) == []
+
+
+async def test_opposite_transfers_at_once_never_deadlock(runtime: Runtime) -> None:
+    """Transfers A→B and B→A at the same time take both account locks in id order first, so
+    none of them dies in a deadlock; every tonne is still in exactly one place."""
+    async with runtime.db.transaction() as s:
+        _, a, _ = await holder_with(s, 50)
+        _, b, _ = await holder_with(s, 50)
+
+    async def send(src: UUID, dst: UUID) -> None:
+        async with runtime.db.transaction() as s:
+            await service.transfer(s, from_account_id=src, to_account_id=dst, quantity=2,
+                                   purpose="donation", reference="race")
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(send(a, b) if i % 2 else send(b, a) for i in range(10)))
+    async with runtime.db.transaction() as s:
+        assert (await _state(s, a))["held"] + (await _state(s, b))["held"] == 100
+        assert await reconcile(s) == []
