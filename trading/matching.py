@@ -8,15 +8,20 @@ One transaction handles one or more incoming orders of one product:
 2. the crossing part of the book is read (at most as many resting orders as the incoming
    orders could fill), with the day's stale orders that are expired on the way;
 3. every account involved is row-locked in the house order (registry accounts, then trading
-   accounts) before the first audit record;
-4. the orders are matched in memory; each fill is settled at once: funds move between the
-   accounts (the buyer's reservation pays, the seller receives the price less the fee) and
-   the registry delivers the credits with ``move_locked``;
-5. the orders, trades, balances and fund journal are written set-based, one statement each.
+   accounts) before the first audit record; the day's stale orders are released (one
+   ``unlock_many``), then the sellers' held tonnes of the product are read (one statement);
+4. the orders are matched in memory; each fill is settled at once in memory: funds move
+   between the accounts (the buyer's reservation pays, the seller receives the price less the
+   fee), a sell order's credits are counted against its seller's held tonnes, and the
+   delivery is noted;
+5. the registry then locks every new sell order's tonnes (one ``lock_many``) and delivers every
+   fill (one ``deliver_many``), and the orders, trades, balances and fund journal are written
+   set-based, one statement each. The registry work of a batch is a constant number of
+   statements, whatever its size.
 
-Sell orders hold their unfilled tonnes in one registry lock. The registry delivers whole locks,
-so a partial fill of a resting sell order releases its lock and locks the fill and the rest
-anew (same holder, same product), all inside the transaction.
+A sell order holds its tonnes (those it sells at entry and those it rests with) in one registry
+lock; each fill delivers its quantity from that lock, the rest stays locked under it (a partial
+fill is one ``deliver``). Delivery and payment are in the same transaction (DvP).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from app import audit, clock
 from app.errors import DomainError
 from registry import service as registry
 from registry.schemas import ProductFilter
+from registry.service import Delivery, LockRequest
 from trading import service
 from trading.errors import (
     Conflict,
@@ -115,6 +121,13 @@ class _Txn:
     trades: list[dict[str, object]] = field(default_factory=list)
     entries: list[dict[str, object]] = field(default_factory=list)
     fills: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    # registry work, done set-based by _settle_credits: sellers' held tonnes of the product,
+    # locks to take (per new sell order), deliveries (sell order, buyer's registry account,
+    # tonnes), locks to release
+    held: dict[UUID, int] = field(default_factory=dict)
+    locks: list[tuple[Order, LockRequest]] = field(default_factory=list)
+    deliveries: list[tuple[Order, UUID, int]] = field(default_factory=list)
+    unlocks: list[UUID] = field(default_factory=list)
 
     def entry(self, account: UUID, kind: str, available: int, locked: int, *,
               order_id: int | None = None, trade_ix: int | None = None) -> None:
@@ -184,9 +197,9 @@ def _close(txn: _Txn, o: Order, state: str, reason: str | None = None) -> None:
         txn.touched[o.id] = o
 
 
-async def _release(session: AsyncSession, txn: _Txn, o: Order, reason: str) -> None:
+def _release(txn: _Txn, o: Order, reason: str) -> None:
     """Cancel an open order: a buy order's reservation returns to the available funds, a sell
-    order's credits are unlocked in the registry."""
+    order's credits are unlocked in the registry (by :func:`_settle_credits`)."""
     if o.side == "buy" and o.reserved_fen:
         acct = txn.accounts[o.account_id]
         acct.locked_fen -= o.reserved_fen
@@ -194,7 +207,7 @@ async def _release(session: AsyncSession, txn: _Txn, o: Order, reason: str) -> N
         txn.entry(o.account_id, "release", o.reserved_fen, -o.reserved_fen, order_id=o.id)
         o.reserved_fen = 0
     elif o.side == "sell" and o.lock_id is not None:
-        await registry.unlock(session, o.lock_id, now=txn.at)
+        txn.unlocks.append(o.lock_id)
         o.lock_id = None
     _close(txn, o, "cancelled", reason)
 
@@ -220,48 +233,38 @@ def _match(book: _Book, incoming: Order) -> tuple[list[_Fill], bool]:
     return fills, False
 
 
-async def _deliver_sell_incoming(session: AsyncSession, txn: _Txn, o: Order,
-                                 fills: list[_Fill], rest: int) -> None:
-    """An incoming sell: lock each fill's tonnes and deliver them, lock the rest for the book.
-    Raises ``registry.insufficient_credits`` before anything is kept (the caller's savepoint)."""
-    seller = txn.accounts[o.account_id]
-    pf = _product_filter(txn.product)
-    for f in fills:
-        buyer = txn.accounts[f.resting.account_id]
-        lk = await registry.lock(session, account_id=seller.registry_account_id,
-                                 quantity=f.quantity, purpose="trade", reference=f"order:{o.id}",
-                                 product=pf, now=txn.at)
-        await registry.move_locked(session, lk.id, to_account_id=buyer.registry_account_id,
-                                   now=txn.at)
-    if rest:
-        lk = await registry.lock(session, account_id=seller.registry_account_id, quantity=rest,
-                                 purpose="trade", reference=f"order:{o.id}", product=pf,
-                                 now=txn.at)
-        o.lock_id = lk.id
+def _take_credits(txn: _Txn, o: Order, tonnes: int) -> None:
+    """A sell order's tonnes (what it sells now and what it rests with) are counted against
+    its seller's held credits of the product and will be locked under one registry lock.
+    Refuses with ``registry.insufficient_credits`` before anything changes."""
+    reg = txn.accounts[o.account_id].registry_account_id
+    held = txn.held.get(reg, 0)
+    if held < tonnes:
+        raise Conflict("registry.insufficient_credits",
+                       f"The account holds {held} matching tonnes, fewer than {tonnes}.",
+                       available=held, requested=tonnes)
+    txn.held[reg] = held - tonnes
+    txn.locks.append((o, LockRequest(reg, tonnes, "trade", f"order:{o.id}",
+                                     _product_filter(txn.product))))
 
 
-async def _deliver_from_resting(session: AsyncSession, txn: _Txn, buyer: TradingAccount,
-                                f: _Fill) -> None:
-    """A resting sell order is hit: deliver its whole lock, or split it (release, lock the
-    fill and deliver it, lock the rest again)."""
-    r = f.resting
-    assert r.lock_id is not None
-    if f.quantity == _remaining(r):
-        await registry.move_locked(session, r.lock_id, to_account_id=buyer.registry_account_id,
-                                   now=txn.at)
-        r.lock_id = None
-        return
-    seller = txn.accounts[r.account_id]
-    pf = _product_filter(txn.product)
-    await registry.unlock(session, r.lock_id, now=txn.at)
-    lk = await registry.lock(session, account_id=seller.registry_account_id, quantity=f.quantity,
-                             purpose="trade", reference=f"order:{r.id}", product=pf, now=txn.at)
-    await registry.move_locked(session, lk.id, to_account_id=buyer.registry_account_id,
-                               now=txn.at)
-    rest = await registry.lock(session, account_id=seller.registry_account_id,
-                               quantity=_remaining(r) - f.quantity, purpose="trade",
-                               reference=f"order:{r.id}", product=pf, now=txn.at)
-    r.lock_id = rest.id
+async def _settle_credits(session: AsyncSession, txn: _Txn) -> None:
+    """The registry's part of the batch, set-based: release, lock, deliver (DvP)."""
+    if txn.unlocks:
+        await registry.unlock_many(session, txn.unlocks, now=txn.at)
+        txn.unlocks = []
+    if txn.locks:
+        views = await registry.lock_many(session, [r for _, r in txn.locks], now=txn.at)
+        for (o, _), v in zip(txn.locks, views, strict=True):
+            o.lock_id = v.id
+        txn.locks = []
+    if txn.deliveries:
+        out: list[Delivery] = []
+        for sell, to, q in txn.deliveries:
+            assert sell.lock_id is not None
+            out.append(Delivery(sell.lock_id, to, q))
+        await registry.deliver_many(session, out, now=txn.at)
+        txn.deliveries = []
 
 
 def _settle_funds(txn: _Txn, buy: Order, sell: Order, q: int, p: int) -> None:
@@ -295,18 +298,15 @@ def _settle_funds(txn: _Txn, buy: Order, sell: Order, q: int, p: int) -> None:
     p_.last_price_fen = p
 
 
-async def _one(session: AsyncSession, txn: _Txn, book: _Book, o: Order, *, savepoint: bool
-               ) -> None:
-    """Match, deliver and pay one incoming order (already validated and funded)."""
+def _one(txn: _Txn, book: _Book, o: Order) -> None:
+    """Match and pay one incoming order (already validated and funded); its deliveries are
+    noted for :func:`_settle_credits`."""
     fills, stp = _match(book, o)
     filled = sum(f.quantity for f in fills)
     rest = 0 if stp else o.quantity - filled
     if o.side == "sell":
-        if savepoint and fills:
-            async with session.begin_nested():
-                await _deliver_sell_incoming(session, txn, o, fills, rest)
-        else:
-            await _deliver_sell_incoming(session, txn, o, fills, rest)
+        if filled + rest:
+            _take_credits(txn, o, filled + rest)
     else:
         buyer = txn.accounts[o.account_id]
         need = o.quantity * o.price_fen
@@ -314,8 +314,6 @@ async def _one(session: AsyncSession, txn: _Txn, book: _Book, o: Order, *, savep
         buyer.locked_fen += need
         o.reserved_fen = need
         txn.entry(buyer.id, "reserve", -need, need, order_id=o.id)
-        for f in fills:
-            await _deliver_from_resting(session, txn, buyer, f)
     txn.new_orders.append(o)
     txn.new_ids.add(o.id)
     done = 0
@@ -323,6 +321,8 @@ async def _one(session: AsyncSession, txn: _Txn, book: _Book, o: Order, *, savep
         r = f.resting
         buy, sell = (o, r) if o.side == "buy" else (r, o)
         _settle_funds(txn, buy, sell, f.quantity, f.price)
+        txn.deliveries.append((sell, txn.accounts[buy.account_id].registry_account_id,
+                               f.quantity))
         if r.id not in txn.new_ids:
             txn.touched[r.id] = r
         if _remaining(r) == 0:
@@ -333,12 +333,12 @@ async def _one(session: AsyncSession, txn: _Txn, book: _Book, o: Order, *, savep
     if _remaining(o) == 0:
         o.state, o.closed_at = "filled", txn.at
     elif stp:
-        await _release_new(txn, o)
+        _release_new(txn, o)
     else:
         book.add(o)
 
 
-async def _release_new(txn: _Txn, o: Order) -> None:
+def _release_new(txn: _Txn, o: Order) -> None:
     """Self-trade prevention cancels the incoming remainder (its reservation returns)."""
     if o.side == "buy" and o.reserved_fen:
         acct = txn.accounts[o.account_id]
@@ -405,7 +405,12 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
         if await registry.is_trading_barred(session, oid):
             barred.add(oid)
     for o in stale:
-        await _release(session, txn, o, "expired")
+        _release(txn, o, "expired")
+    await _settle_credits(session, txn)  # stale sells' credits are held again first
+    sellers = {accounts[o.account_id].registry_account_id for o in orders
+               if o.side == "sell" and o.account_id in accounts}
+    if sellers:
+        txn.held = await registry.held_quantities(session, sellers, _product_filter(product))
     book = _Book()
     for r in resting:
         book.add(r)
@@ -419,19 +424,21 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
                       owner_id=acct.organisation_id, side=new.side, price_fen=new.price_fen,
                       quantity=new.quantity, filled=0, reserved_fen=0, state="open",
                       business_date=today, created_at=at)
-            await _one(session, txn, book, o, savepoint=not raise_first)
+            _one(txn, book, o)
         except DomainError as exc:
             if raise_first:
                 raise
             placed.append(Placed(error=exc))
             continue
         placed.append(Placed(order=_out(o, [])))
+    await _settle_credits(session, txn)
     trade_ids = await _write(session, txn)
+    live_orders = {o.id: o for o in txn.new_orders}
     for p in placed:
         if p.order is not None:
             p.order.fills = [FillOut(trade_id=trade_ids[ix], price_fen=pr, quantity=q)
                              for ix, pr, q in txn.fills.get(p.order.id, [])]
-            live = next(o for o in txn.new_orders if o.id == p.order.id)
+            live = live_orders[p.order.id]
             p.order.filled, p.order.state = live.filled, live.state
             p.order.cancel_reason = live.cancel_reason
     await audit.append(session, actor=actor, action="trading.orders", entity="trading_product",
@@ -547,7 +554,8 @@ async def cancel_order(session: AsyncSession, organisation_id: UUID, order_id: i
         raise wrong_state("order", o.state)
     txn = _Txn(at=at, today=clock.business_date(at), product=product, fee_bps=0,
                accounts=accounts)
-    await _release(session, txn, o, "cancelled_by_owner")
+    _release(txn, o, "cancelled_by_owner")
+    await _settle_credits(session, txn)
     await _write(session, txn)
     await audit.append(session, actor=actor, action="trading.order_cancel",
                        entity="trading_order", entity_id=str(order_id), now=at)
@@ -580,7 +588,8 @@ async def cancel_all(session: AsyncSession, *, actor: str, reason: str = "cleare
         txn = _Txn(at=at, today=clock.business_date(at), product=product, fee_bps=0,
                    accounts=accounts)
         for o in mine:
-            await _release(session, txn, o, reason)
+            _release(txn, o, reason)
+        await _settle_credits(session, txn)
         await _write(session, txn)
     n = len(rows)
     if n:
