@@ -118,7 +118,53 @@ def _is_backend_down(exc: BaseException) -> bool:
     )
 
 
+# Values PostgreSQL cannot store as sent. The request is at fault (a U+0000 in text or JSON, a
+# number or day past the column's type, a text longer than its column), not the server: 422,
+# and the transaction has rolled back. Request models bound their fields so the database never
+# sees such a value; this is the last line for a field that does not (and for NUL, everywhere).
+_UNSTORABLE_SQLSTATES = {
+    "22021": "request.invalid_character",  # character_not_in_repertoire: U+0000 in text
+    "22P05": "request.invalid_character",  # untranslatable_character: \u0000 in jsonb
+    "22001": "request.too_long",  # string_data_right_truncation: longer than varchar(n)
+}
+_UNSTORABLE_DETAILS = {
+    "request.invalid_character": "Text may not contain the NUL character (U+0000).",
+    "request.too_long": "A text is longer than can be stored.",
+    "request.out_of_range": "A number or date is outside the range that can be stored.",
+}
+
+
+def unstorable_input(exc: BaseException) -> str | None:
+    """The problem code when a database error was caused by an unstorable input value."""
+    import asyncpg
+
+    orig = getattr(exc, "orig", None)
+    code = _UNSTORABLE_SQLSTATES.get(getattr(orig, "sqlstate", None) or "")
+    if code is not None:
+        return code
+    cause = getattr(orig, "__cause__", None)
+    # asyncpg refuses to encode a bound value that does not fit its type ("value out of int32
+    # range", "date value out of range").
+    if isinstance(cause, asyncpg.exceptions.DataError):
+        message = str(cause)
+        if " out of " in message and message.endswith("range)"):
+            return "request.out_of_range"
+    return None
+
+
 def install(app: FastAPI) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        code = unstorable_input(exc)
+        if code is None:
+            raise exc  # the generic handler below answers (503 when the backend is down, or 500)
+        log.warning("unstorable_input", code=code, path=request.url.path,
+                    error=str(getattr(exc, "orig", exc))[:200])
+        return problem(422, code, "Unprocessable request", _UNSTORABLE_DETAILS[code],
+                       request=request)
+
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:
         headers = exc.extra.pop("headers", None)
