@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +14,15 @@ Purpose = Literal["compliance", "neutrality", "judicial", "public_good", "volunt
                   "owner_gone"]
 OrgKind = Literal["owner", "trader", "covered_entity", "individual"]
 StaffOf = Literal["registry_agency", "operator", "exchange"]
+
+# Bounds of what a request may ask for, so the database (BIGINT tonnes and serials, INTEGER
+# years) never sees a value it cannot store: a trillion tonnes is far past any real request.
+MAX_TONNES = 10**12
+Vintage = Annotated[int, Field(ge=1, le=9999, description="a calendar year")]
+Tonnes = Annotated[int, Field(gt=0, le=MAX_TONNES)]
+# A calendar day a request may state: year arithmetic (whole crediting years, bans, look-backs)
+# stays inside what a date can hold.
+Day = Annotated[date, Field(ge=date(1900, 1, 1), le=date(2999, 12, 31))]
 
 
 def serial_range(project_no: int, instalment_no: int, vintage: int, start: int, end: int) -> str:
@@ -32,6 +41,12 @@ class ProductFilter(BaseModel):
     category: Category
     vintage: int | None = None
     project_id: UUID | None = None
+
+
+class ProductFilterIn(ProductFilter):
+    """A product filter as a request states it (the vintage a real year)."""
+
+    vintage: Vintage | None = None
 
 
 class BlockView(BaseModel):
@@ -168,9 +183,9 @@ class VvbIn(BaseModel):
     name: str = Field(min_length=1)
     uscc: str = Field(pattern=r"^[0-9A-HJ-NPQRTUWXY]{18}$")
     categories: list[Category] = Field(min_length=1)
-    fields: list[str] = Field(min_length=1)
-    valid_from: date
-    valid_until: date
+    fields: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1)
+    valid_from: Day
+    valid_until: Day
 
 
 class VvbOut(BaseModel):
@@ -211,9 +226,9 @@ class ProjectIn(BaseModel):
     methodology_version_id: UUID
     district_code: str = Field(pattern=r"^\d{6}$")
     site: str = Field(min_length=1, max_length=500)
-    operation_start: date
-    crediting_start: date
-    crediting_end: date
+    operation_start: Day
+    crediting_start: Day
+    crediting_end: Day
     description: str = ""
     design_document_ref: str = Field(min_length=1)
     validator_vvb_id: UUID
@@ -222,7 +237,7 @@ class ProjectIn(BaseModel):
 
 class LegacyProjectIn(ProjectIn):
     owner_id: UUID
-    legacy_approved_on: date
+    legacy_approved_on: Day
 
 
 class ValidationIn(BaseModel):
@@ -247,7 +262,7 @@ class OpinionIn(BaseModel):
 
 class AssessmentIn(BaseModel):
     outcome: Literal["pass", "revise", "fail"]
-    deadline: date | None = None
+    deadline: Day | None = None
     reason: str | None = None
 
 
@@ -347,16 +362,16 @@ class ProjectOut(BaseModel):
 
 
 class InstalmentIn(BaseModel):
-    period_start: date
-    period_end: date
+    period_start: Day
+    period_end: Day
     district_code: str | None = Field(default=None, pattern=r"^\d{6}$")
-    claimed_tonnes: int = Field(gt=0)
+    claimed_tonnes: Tonnes
     accounting_report_ref: str = Field(min_length=1)
     verifier_vvb_id: UUID
 
 
 class VerificationIn(BaseModel):
-    verified_tonnes: int = Field(ge=0)
+    verified_tonnes: int = Field(ge=0, le=MAX_TONNES)
     report_ref: str = Field(min_length=1)
 
 
@@ -384,8 +399,8 @@ class InstalmentOut(BaseModel):
 
 class SanctionIn(BaseModel):
     project_id: UUID
-    false_quantity: int = Field(ge=0)
-    deadline: date | None = None
+    false_quantity: int = Field(ge=0, le=MAX_TONNES)
+    deadline: Day | None = None
     reason: str = Field(min_length=1)
 
 
@@ -409,17 +424,17 @@ class TransferIn(BaseModel):
     """A free transfer (无偿提供, Art. 27) of held credits to another account."""
 
     to_account_id: UUID
-    quantity: int = Field(gt=0)
-    product: ProductFilter | None = None
+    quantity: Tonnes
+    product: ProductFilterIn | None = None
 
 
 class HolderCancelIn(BaseModel):
     """The holder's own cancellation (自愿注销, Art. 27)."""
 
-    quantity: int = Field(gt=0)
+    quantity: Tonnes
     purpose: Literal["voluntary", "public_good", "neutrality"]
     beneficiary: str = Field(min_length=1, max_length=300)
-    product: ProductFilter | None = None
+    product: ProductFilterIn | None = None
     detail: dict[str, Any] | None = None
 
 
