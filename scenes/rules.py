@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -62,7 +62,7 @@ def to_milli(value: Decimal, *, what: str, code: str = "rules.factor_invalid") -
     try:
         scaled = Decimal(value).scaleb(3)
         exact = scaled == scaled.to_integral_value()
-    except (InvalidOperation, ValueError) as exc:
+    except (ArithmeticError, ValueError) as exc:  # InvalidOperation, Overflow (1E+999999999)
         raise Invalid(code, f"{what} is not a number.") from exc
     if not scaled.is_finite() or not exact:
         raise Invalid(code, f"{what} may have at most three decimals.")
@@ -224,8 +224,9 @@ def _reduction_audit(r: ReductionRuleVersion) -> dict[str, Any]:
 
 def _validate_reduction(r: ReductionRuleVersion) -> None:
     _check_factor_milli(r.grams_per_unit_milli)
-    if r.max_quantity_milli is not None and r.max_quantity_milli <= 0:
-        raise Invalid("rules.cap_invalid", "max_quantity_per_event must be greater than zero.")
+    if r.max_quantity_milli is not None and not 0 < r.max_quantity_milli <= MAX_CAP:
+        raise Invalid("rules.cap_invalid",
+                      "max_quantity_per_event must be greater than zero and at most 10^9.")
     _check_cap(r.cap_grams_per_event, "cap_grams_per_event")
     _check_cap(r.cap_grams_per_day, "cap_grams_per_day")
     _check_cap(r.cap_grams_per_year, "cap_grams_per_year")

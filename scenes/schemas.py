@@ -6,9 +6,9 @@ are stored as integer milli-units; no float ever reaches a rule.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -20,6 +20,11 @@ SCENE_CODE = r"^[a-z0-9][a-z0-9_-]{1,31}$"
 SLUG = r"^[a-z][a-z0-9_]{1,47}$"
 UNIT = r"^[a-z][a-z0-9_]{0,31}$"
 PARTNER_REF = r"^[\x21-\x7e]{1,128}$"  # printable ASCII, no spaces: never a phone number field
+
+
+# An instant a request may state: timestamptz and date arithmetic hold it (no year 1 or 9999).
+Instant = Annotated[AwareDatetime, Field(ge=datetime(1970, 1, 1, tzinfo=UTC),
+                                         lt=datetime(3000, 1, 1, tzinfo=UTC))]
 
 
 def milli_text(value: int | None) -> str | None:
@@ -150,7 +155,7 @@ class KeyOut(BaseModel):
 class KeyRetire(BaseModel):
     """Rotation with overlap: the old key stays valid until ``at`` (default: now)."""
 
-    at: AwareDatetime | None = None
+    at: Instant | None = None
     client_id: str | None = None
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"at": "2025-01-08T00:00:00+08:00"}]})
@@ -176,8 +181,8 @@ class ReductionRuleDraft(BaseModel):
     cap_grams_per_event: int | None = None
     cap_grams_per_day: int | None = Field(default=None, description="per citizen per day")
     cap_grams_per_year: int | None = Field(default=None, description="per citizen per year")
-    valid_from: AwareDatetime
-    valid_to: AwareDatetime | None = Field(default=None, description="exclusive; null = open")
+    valid_from: Instant
+    valid_to: Instant | None = Field(default=None, description="exclusive; null = open")
     basis: str | None = Field(default=None, max_length=2000,
                               description="where the factor comes from (methodology, source)")
     model_config = ConfigDict(json_schema_extra={"examples": [{
@@ -197,8 +202,8 @@ class ReductionRulePatch(BaseModel):
     cap_grams_per_event: int | None = None
     cap_grams_per_day: int | None = None
     cap_grams_per_year: int | None = None
-    valid_from: AwareDatetime | None = None
-    valid_to: AwareDatetime | None = None
+    valid_from: Instant | None = None
+    valid_to: Instant | None = None
     basis: str | None = Field(default=None, max_length=2000)
     model_config = ConfigDict(json_schema_extra={"examples": [{"grams_per_unit": "27.1"}]})
 
@@ -235,8 +240,8 @@ class ConversionRuleDraft(BaseModel):
     """A conversion rule draft (碳积分转换规则): how many grams CO2e make one point."""
 
     grams_per_point: int
-    valid_from: AwareDatetime
-    valid_to: AwareDatetime | None = None
+    valid_from: Instant
+    valid_to: Instant | None = None
     basis: str | None = Field(default=None, max_length=2000)
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "grams_per_point": 10, "valid_from": "2025-01-01T00:00:00+08:00",
@@ -245,8 +250,8 @@ class ConversionRuleDraft(BaseModel):
 
 class ConversionRulePatch(BaseModel):
     grams_per_point: int | None = None
-    valid_from: AwareDatetime | None = None
-    valid_to: AwareDatetime | None = None
+    valid_from: Instant | None = None
+    valid_to: Instant | None = None
     basis: str | None = Field(default=None, max_length=2000)
     model_config = ConfigDict(json_schema_extra={"examples": [{"grams_per_point": 12}]})
 
