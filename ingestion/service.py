@@ -63,7 +63,6 @@ FUTURE_SKEW = dt.timedelta(minutes=5)  # partner clocks may run a little ahead
 DEDUPE_MARGIN = dt.timedelta(days=2)  # the dedupe mark outlives the claim window by this
 PUBLISH_TIMEOUT_S = 5.0
 MAX_QUANTITY_MILLI = 10**12  # sanity bound whatever the rule says
-GROUP = "points-worker"
 
 
 def events_topic(settings: Settings) -> str:
@@ -74,6 +73,12 @@ def events_topic(settings: Settings) -> str:
         return settings.kafka_topic_prefix + "events"
     name: str = topic_name(settings, "events")
     return name
+
+
+def worker_group(settings: Settings) -> str:
+    """The points workers' consumer group, per deployment (Kafka groups span topics: two
+    deployments on one cluster must not share one)."""
+    return settings.kafka_topic_prefix + "points-worker"
 
 
 def bucket_key(citizen_id: UUID) -> bytes:

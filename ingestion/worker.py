@@ -34,7 +34,7 @@ from ingestion.crediting import (
     store_dead_letters,
 )
 from ingestion.schemas import BusEvent, bus_decoder
-from ingestion.service import GROUP, ensure_topic, events_topic
+from ingestion.service import ensure_topic, events_topic, worker_group
 
 log = structlog.get_logger()
 
@@ -205,7 +205,7 @@ async def consume(runtime: Runtime, stop: asyncio.Event, *, name: str = "c0",
     """One consumer of the group, until ``stop`` is set."""
     topic = events_topic(runtime.settings)
     await ensure_topic(runtime, topic)
-    consumer = runtime.bus.consumer(topic, GROUP)
+    consumer = runtime.bus.consumer(topic, worker_group(runtime.settings))
     await consumer.start()
     log.info("worker_consumer_started", consumer=name, topic=topic, bus=runtime.bus.name)
     next_lag = 0.0
@@ -223,7 +223,8 @@ async def consume(runtime: Runtime, stop: asyncio.Event, *, name: str = "c0",
             if now >= next_lag:
                 next_lag = now + LAG_EVERY_S
                 with contextlib.suppress(Exception):
-                    metrics.BUS_LAG.labels(topic).set(await runtime.bus.lag(topic, GROUP))
+                    metrics.BUS_LAG.labels(topic).set(await runtime.bus.lag(
+                        topic, worker_group(runtime.settings)))
     finally:
         await consumer.stop()
         log.info("worker_consumer_stopped", consumer=name)

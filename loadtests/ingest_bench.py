@@ -387,12 +387,16 @@ async def _credited(runtime: Any, scene_id: uuid.UUID) -> tuple[int, int]:
 async def _wait_credited(runtime: Any, scene_id: uuid.UUID, n: int, wait_s: float,
                          sent_done: float) -> float:
     """Poll the bus lag (cheap) until it is zero, then confirm with the ledger count."""
-    from ingestion.service import GROUP, events_topic
+    from ingestion.service import events_topic, worker_group
 
     topic = events_topic(runtime.settings)
     deadline = time.monotonic() + wait_s
+    report = time.monotonic() + 5
     while time.monotonic() < deadline:
-        lag = await runtime.bus.lag(topic, GROUP)
+        lag = await runtime.bus.lag(topic, worker_group(runtime.settings))
+        if time.monotonic() > report:
+            report = time.monotonic() + 5
+            print(f"waiting: {lag} messages not yet credited", file=sys.stderr, flush=True)
         if lag == 0:
             done = time.time()
             total, _ = await _credited(runtime, scene_id)
@@ -458,6 +462,11 @@ def command(
     if not 1 <= batch <= 1000:
         raise typer.BadParameter("batch is 1..1000")
     console = Console(stderr=True)
+
+    def _terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # run the cleanup below: no orphaned servers
+
+    signal.signal(signal.SIGTERM, _terminated)
     stack = _open_stack(mode)
     asyncio.run(_admin(stack, f'CREATE DATABASE "{stack.db_name}"'))
     try:

@@ -31,7 +31,7 @@ from app.auth.tokens import issue_access_token
 from app.runtime import Runtime
 from app.settings import get_settings
 from ingestion import worker
-from ingestion.service import GROUP, events_topic
+from ingestion.service import events_topic, worker_group
 from tests.conftest import KAFKA_BOOTSTRAP
 
 BATCH_PATH = "/v1/ingest/events:batch"
@@ -214,7 +214,7 @@ async def drain(runtime: Runtime, *, idle_s: float = 0.3, max_messages: int = 40
     import asyncio
 
     topic = events_topic(runtime.settings)
-    consumer = runtime.bus.consumer(topic, GROUP)
+    consumer = runtime.bus.consumer(topic, worker_group(runtime.settings))
     await consumer.start()
     stop = asyncio.Event()
     wait = 15.0 if runtime.bus.name == "kafka" else idle_s
