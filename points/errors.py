@@ -6,9 +6,10 @@ from app.errors import Conflict, Invalid, NotFound
 
 
 class AmountInvalid(Invalid):
-    """Zero or negative points."""
+    """Zero, negative or absurdly many (more than 10^12) points."""
 
-    def __init__(self, detail: str = "The number of points must be a positive integer.") -> None:
+    def __init__(self, detail: str = "The number of points must be a positive integer "
+                                     "of at most 10^12.") -> None:
         super().__init__("points.amount_invalid", detail)
 
 

@@ -185,8 +185,11 @@ def _now(now: datetime | None) -> datetime:
     return now or clock.now()
 
 
+MAX_POINTS = 10**12  # far past any balance: keeps a request's amount inside BIGINT arithmetic
+
+
 def _positive(points: int) -> int:
-    if isinstance(points, bool) or not isinstance(points, int) or points <= 0:
+    if isinstance(points, bool) or not isinstance(points, int) or not 0 < points <= MAX_POINTS:
         raise AmountInvalid()
     return points
 
@@ -275,8 +278,9 @@ async def hold(
     then released by :func:`expire_due`. Art. 34: this citizen-initiated hold is the only
     way points can later leave an account other than by expiry."""
     _positive(points)
-    if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
-        raise HoldInvalid("A hold needs a reference of 1 to 200 characters.")
+    if (not isinstance(reference, str) or not reference.strip() or len(reference) > 200
+            or "\x00" in reference):
+        raise HoldInvalid("A hold needs a reference of 1 to 200 characters (no NUL).")
     ttl = get_settings().hold_ttl_s if ttl_s is None else ttl_s
     if ttl <= 0:
         raise HoldInvalid("The hold's time to live must be positive.")
