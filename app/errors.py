@@ -138,11 +138,13 @@ def unstorable_input(exc: BaseException) -> str | None:
     """The problem code when a database error was caused by an unstorable input value."""
     import asyncpg
 
-    orig = getattr(exc, "orig", None)
+    # Through SQLAlchemy the driver's error is ``exc.orig`` (its cause, client-side); code on
+    # the raw asyncpg connection (the ledger's hot paths) raises the driver's error itself.
+    orig = getattr(exc, "orig", None) or exc
     code = _UNSTORABLE_SQLSTATES.get(getattr(orig, "sqlstate", None) or "")
     if code is not None:
         return code
-    cause = getattr(orig, "__cause__", None)
+    cause = orig if isinstance(orig, asyncpg.exceptions.DataError) else orig.__cause__
     # asyncpg refuses to encode a bound value that does not fit its type ("value out of int32
     # range", "date value out of range").
     if isinstance(cause, asyncpg.exceptions.DataError):
@@ -153,10 +155,10 @@ def unstorable_input(exc: BaseException) -> str | None:
 
 
 def install(app: FastAPI) -> None:
+    import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    @app.exception_handler(DBAPIError)
-    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
         code = unstorable_input(exc)
         if code is None:
             raise exc  # the generic handler below answers (503 when the backend is down, or 500)
@@ -164,6 +166,9 @@ def install(app: FastAPI) -> None:
                     error=str(getattr(exc, "orig", exc))[:200])
         return problem(422, code, "Unprocessable request", _UNSTORABLE_DETAILS[code],
                        request=request)
+
+    for database_error in (DBAPIError, asyncpg.PostgresError, asyncpg.exceptions.DataError):
+        app.add_exception_handler(database_error, _database)
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> JSONResponse:

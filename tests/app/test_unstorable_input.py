@@ -49,6 +49,15 @@ async def tiny(runtime: Runtime) -> FastAPI:
                 {"id": row_id, "name": body.name, "n": body.n, "tag": body.tag, "doc": body.doc})
         return {"id": row_id}
 
+    @app.post("/raw")
+    async def raw(body: RowIn) -> dict[str, str]:
+        """The ledger's way: the asyncpg connection under the session, no SQLAlchemy."""
+        async with runtime.db.transaction() as session:
+            conn = await (await session.connection()).get_raw_connection()
+            await conn.driver_connection.execute(  # type: ignore[union-attr]
+                "SELECT $1::int, $2::text", body.n, body.name)
+        return {"ok": "yes"}
+
     @app.post("/bug")
     async def bug() -> None:
         async with runtime.db.transaction() as session:
@@ -87,6 +96,18 @@ async def test_unstorable_value_is_a_422_problem_and_leaves_no_row(
     assert r.headers["content-type"].startswith(PROBLEM)
     assert r.json()["code"] == code and r.json()["status"] == 422
     assert await _rows(runtime, row_id) == 0
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"name": "碳\x00惠"}, "request.invalid_character"),
+    ({"n": 2**40}, "request.out_of_range"),
+])
+async def test_raw_driver_errors_are_mapped_too(
+    api: httpx.AsyncClient, body: dict[str, object], code: str
+) -> None:
+    r = await api.post("/raw", json=body)
+    assert (r.status_code, r.json()["code"]) == (422, code), r.text
+    assert (await api.post("/raw", json={"name": "ok", "n": 1})).status_code == 200
 
 
 async def test_storable_value_is_stored(api: httpx.AsyncClient, runtime: Runtime) -> None:
