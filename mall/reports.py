@@ -24,12 +24,17 @@ from mall.schemas import (
 from mall.service import decode_cursor, encode_cursor
 
 MAX_PERIOD_DAYS = 366
+# Days a report may cover: their bounds as instants stay inside what timestamptz and
+# ``date + 1 day`` hold (year 1 at +08:00 is before year 1 UTC; 9999-12-31 has no next day).
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2999, 12, 31)
 
 
 def period_bounds(date_from: date, date_to: date) -> tuple[datetime, datetime]:
     """``[date_from 00:00, date_to+1 00:00)`` in Asia/Shanghai, as instants."""
     if date_to < date_from:
         raise errors.invalid("period_invalid", "date_to must not be before date_from.")
+    if date_from < FIRST_DAY or date_to > LAST_DAY:
+        raise errors.invalid("period_invalid", f"A period lies within {FIRST_DAY}–{LAST_DAY}.")
     if (date_to - date_from).days >= MAX_PERIOD_DAYS:
         raise errors.invalid("period_too_long", f"A period is at most {MAX_PERIOD_DAYS} days.")
     start = datetime.combine(date_from, time(0), SHANGHAI)

@@ -68,7 +68,7 @@ async def browse_offers(
     runtime: RuntimeDep,
     category: Category | None = None,
     merchant_id: UUID | None = None,
-    max_points: Annotated[int | None, Query(gt=0)] = None,
+    max_points: Annotated[int | None, Query(gt=0, le=2_147_483_647)] = None,
     q: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
     cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,

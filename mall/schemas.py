@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
@@ -16,6 +16,11 @@ OfferStatus = Literal["draft", "on_sale", "paused", "ended"]
 VoucherStatus = Literal["issued", "used", "cancelled", "expired"]
 
 MAX_VALIDITY_S = 366 * 24 * 3600
+
+
+# An instant a request may state: timestamptz holds it (no year 1, no year 9999 at -12:00).
+Instant = Annotated[AwareDatetime, Field(ge=datetime(1970, 1, 1, tzinfo=UTC),
+                                         lt=datetime(3000, 1, 1, tzinfo=UTC))]
 
 
 class _In(BaseModel):
@@ -116,8 +121,8 @@ class OfferIn(_In):
     stock_total: int = Field(ge=0, le=100_000_000)
     limit_per_citizen: int | None = Field(default=None, gt=0, le=1_000_000)
     limit_per_citizen_per_day: int | None = Field(default=None, gt=0, le=1_000_000)
-    sale_starts_at: AwareDatetime
-    sale_ends_at: AwareDatetime | None = None
+    sale_starts_at: Instant
+    sale_ends_at: Instant | None = None
     voucher_validity_s: int = Field(ge=60, le=MAX_VALIDITY_S)
 
 
@@ -135,8 +140,8 @@ class OfferPatch(_In):
     stock_total: int | None = Field(default=None, ge=0, le=100_000_000)
     limit_per_citizen: int | None = Field(default=None, gt=0, le=1_000_000)
     limit_per_citizen_per_day: int | None = Field(default=None, gt=0, le=1_000_000)
-    sale_starts_at: AwareDatetime | None = None
-    sale_ends_at: AwareDatetime | None = None
+    sale_starts_at: Instant | None = None
+    sale_ends_at: Instant | None = None
     voucher_validity_s: int | None = Field(default=None, ge=60, le=MAX_VALIDITY_S)
 
 
