@@ -44,12 +44,16 @@ _COLS = ("b.id, b.issuance_id, b.issuance_no, b.project_id, b.project_no, b.inst
 _SIZE = "(b.serial_end - b.serial_start + 1)"
 _ORDER = "ORDER BY b.vintage, b.issuance_no, b.serial_start"
 
+# Each run's blocks, in order, with the tonnes before each and the run's total; only the
+# blocks that the run's ``need`` reaches are returned.
 _TAIL = f"""
     SELECT r.* FROM (
         SELECT g.g, g.need, {_COLS},
                sum{_SIZE} OVER (PARTITION BY g.g {_ORDER}) - {_SIZE} AS before,
                sum{_SIZE} OVER (PARTITION BY g.g) AS total
-        FROM g JOIN registry_blocks b ON {{join}}
+        FROM g CROSS JOIN LATERAL (
+            SELECT * FROM registry_blocks b WHERE {{join}} {_ORDER} {{limit}}
+        ) b
     ) r
     WHERE r.before < r.need
     ORDER BY r.g, r.before
@@ -64,13 +68,16 @@ _HELD_RUNS = text("""
     "b.account_id = g.account_id AND b.state = 'held' "
     "AND (g.category IS NULL OR b.category = g.category) "
     "AND (g.vintage IS NULL OR b.vintage = g.vintage) "
-    "AND (g.project_id IS NULL OR b.project_id = g.project_id)")))
+    "AND (g.project_id IS NULL OR b.project_id = g.project_id)"),
+    # A block holds at least one tonne, so ``need`` blocks always suffice: an account's
+    # other held blocks are not read. The total is then exact whenever it is short of need.
+    limit="LIMIT g.need"))
 
 _LOCK_RUNS = text("""
     WITH g AS (
         SELECT * FROM unnest(CAST(:g AS int[]), CAST(:lock AS uuid[]), CAST(:need AS int8[]))
             AS g(g, lock_id, need)
-    )""" + _TAIL.format(join="b.lock_id = g.lock_id AND b.state = 'locked'"))
+    )""" + _TAIL.format(join="b.lock_id = g.lock_id AND b.state = 'locked'", limit=""))
 
 _SHRINK = text("""
     UPDATE registry_blocks b
@@ -80,7 +87,8 @@ _SHRINK = text("""
                 CAST(:old_state AS text[]), CAST(:old_lock AS uuid[]), CAST(:start AS int8[]),
                 CAST(:acc AS uuid[]), CAST(:state AS text[]), CAST(:lock AS uuid[]))
          AS u(id, old_start, old_end, old_state, old_lock, start, acc, state, lock)
-    WHERE b.id = u.id AND b.serial_start = u.old_start AND b.serial_end = u.old_end
+    WHERE b.id = ANY(CAST(:id AS uuid[])) AND b.id = u.id
+      AND b.serial_start = u.old_start AND b.serial_end = u.old_end
       AND b.state = u.old_state AND b.lock_id IS NOT DISTINCT FROM u.old_lock
 """)
 
@@ -94,6 +102,7 @@ _INSERT = text("""
                 CAST(:end_ AS int8[]), CAST(:acc AS uuid[]), CAST(:state AS text[]),
                 CAST(:lock AS uuid[])) AS u(id, src, start, end_, acc, state, lock)
     JOIN registry_blocks b ON b.id = u.src
+    WHERE b.id = ANY(CAST(:src AS uuid[]))
 """)
 
 _MOVEMENTS = text("""
@@ -124,7 +133,9 @@ class Take:
 
 @dataclass(slots=True)
 class Run:
-    """What a run holds in total, and the blocks a batch needs from it."""
+    """What a run holds in total, and the blocks a batch needs from it. For held runs the
+    total counts only the blocks read (those ``need`` reaches): exact when it is less than
+    ``need``; for lock runs it is always exact."""
 
     total: int = 0
     rows: list[Any] = field(default_factory=list)

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock
@@ -32,7 +32,14 @@ CancelPurpose = Literal["compliance", "neutrality", "judicial", "public_good", "
                         "sanction", "owner_gone"]
 PURPOSES = ("compliance", "neutrality", "judicial", "public_good", "voluntary", "sanction",
             "owner_gone")
-_LOCKS: Table = Lock.__table__  # type: ignore[assignment]
+_INSERT_LOCKS = text("""
+    INSERT INTO registry_locks (id, account_id, quantity, purpose, reference, product, state,
+                                created_at)
+    SELECT u.id, u.acc, u.q, u.purpose, u.ref, CAST(u.product AS jsonb), 'active', :at
+    FROM unnest(CAST(:id AS uuid[]), CAST(:acc AS uuid[]), CAST(:q AS int8[]),
+                CAST(:purpose AS text[]), CAST(:ref AS text[]), CAST(:product AS text[]))
+         AS u(id, acc, q, purpose, ref, product)
+""")
 
 
 def block_view(b: Block) -> BlockView:
@@ -210,11 +217,13 @@ async def _lock_segment(
                 f"The account holds {run.total} matching tonnes, fewer than {need[g]}.",
                 available=run.total, requested=need[g], index=i,
             )
-    await session.execute(insert(_LOCKS), [
-        {"id": ids[i], "account_id": r.account_id, "quantity": r.quantity,
-         "purpose": r.purpose, "reference": r.reference,
-         "product": r.product.model_dump(mode="json") if r.product is not None else None,
-         "state": "active", "created_at": at} for i in seg for r in (requests[i],)])
+    mine = [requests[i] for i in seg]
+    await session.execute(_INSERT_LOCKS, {
+        "at": at, "id": [ids[i] for i in seg], "acc": [r.account_id for r in mine],
+        "q": [r.quantity for r in mine], "purpose": [r.purpose for r in mine],
+        "ref": [r.reference for r in mine],
+        "product": [r.product.model_dump_json() if r.product is not None else None
+                    for r in mine]})
     await carving.write(session, carving.plan(found, [takes[i] for i in seg]), at)
 
 

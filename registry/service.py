@@ -7,6 +7,7 @@ Other packages call only what ``__all__`` lists.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
 
@@ -51,7 +52,8 @@ __all__ = [
     "BlockView", "Delivery", "LockRequest", "LockView", "ProductFilter", "account_of",
     "cancel_locked", "create_organisation", "deliver", "deliver_many", "find_serial",
     "get_organisation", "held_quantities", "holdings", "is_trading_barred", "lock",
-    "lock_many", "login", "move_locked", "parse_serial", "transfer", "unlock", "unlock_many",
+    "lock_many", "login", "move_locked", "parse_serial", "trading_barred", "transfer", "unlock",
+    "unlock_many",
 ]
 
 _hasher = PasswordHasher()
@@ -117,6 +119,18 @@ async def is_trading_barred(session: AsyncSession, organisation_id: UUID) -> boo
     if org is None:
         raise not_found("organisation")
     return org.staff_of is not None
+
+
+async def trading_barred(session: AsyncSession, organisation_ids: Iterable[UUID]) -> set[UUID]:
+    """Art. 37: which of these organisations are staff of the registry agency, the operator or
+    the exchange, and so may not trade CQCER (one statement)."""
+    ids = sorted(set(organisation_ids))
+    if not ids:
+        return set()
+    return set((await session.execute(
+        select(Organisation.id).where(Organisation.id.in_(ids),
+                                      Organisation.staff_of.is_not(None))
+    )).scalars().all())
 
 
 async def login(session: AsyncSession, username: str, password: str) -> TokenOut:

@@ -27,12 +27,14 @@ fill is one ``deliver``). Delivery and payment are in the same transaction (DvP)
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from operator import itemgetter
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock
@@ -182,13 +184,30 @@ async def _stale(session: AsyncSession, key: str, today: date) -> list[Order]:
     )).scalars().all())
 
 
-async def _order_ids(session: AsyncSession, n: int) -> list[int]:
+async def _ids(session: AsyncSession, table: str, n: int) -> list[int]:
+    """``n`` new ids of ``table`` from its sequence, ascending (one statement)."""
     if n == 0:
         return []
     return list((await session.execute(
-        text("SELECT nextval(pg_get_serial_sequence('trading_orders', 'id')) "
+        text(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) "
              "FROM generate_series(1, :n)"), {"n": n}
     )).scalars().all())
+
+
+_SQL_TYPES = {"BigInteger": "int8", "Integer": "int4", "Uuid": "uuid", "Date": "date",
+              "DateTime": "timestamptz", "String": "text", "Text": "text"}
+
+
+async def _insert(session: AsyncSession, table: Table, rows: Sequence[Any],
+                  columns: dict[str, Callable[[Any], object]]) -> None:
+    """Insert ``rows`` in one ``INSERT ... SELECT FROM unnest(...)``: one array per column,
+    so the statement's text (and its prepared plan) is the same whatever the batch size."""
+    names = list(columns)
+    casts = ", ".join(
+        f"CAST(:{n} AS {_SQL_TYPES[type(table.c[n].type).__name__]}[])" for n in names)
+    await session.execute(
+        text(f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({casts})"),
+        {n: [get(r) for r in rows] for n, get in columns.items()})
 
 
 def _close(txn: _Txn, o: Order, state: str, reason: str | None = None) -> None:
@@ -398,12 +417,10 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
         session, [o.account_id for o in orders] + [r.account_id for r in resting + stale])
     _detach(session, [*resting, *stale, *accounts.values()])
     txn = _Txn(at=at, today=today, product=product, fee_bps=rules.fee_bps, accounts=accounts)
-    barred: set[UUID] = set()
-    for oid in sorted({accounts[o.account_id].organisation_id for o in orders
-                       if o.account_id in accounts}):
-        # Art. 37: staff of the registry agency, operator and exchange may not trade.
-        if await registry.is_trading_barred(session, oid):
-            barred.add(oid)
+    # Art. 37: staff of the registry agency, operator and exchange may not trade.
+    barred = await registry.trading_barred(
+        session, {accounts[o.account_id].organisation_id for o in orders
+                  if o.account_id in accounts})
     for o in stale:
         _release(txn, o, "expired")
     await _settle_credits(session, txn)  # stale sells' credits are held again first
@@ -414,7 +431,7 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
     book = _Book()
     for r in resting:
         book.add(r)
-    ids = iter(await _order_ids(session, len(orders)))
+    ids = iter(await _ids(session, "trading_orders", len(orders)))
     placed: list[Placed] = []
     for new in orders:
         try:
@@ -467,14 +484,16 @@ def _out(o: Order, fills: list[FillOut]) -> OrderOut:
 async def _write(session: AsyncSession, txn: _Txn) -> list[int]:
     """Write the transaction's outcome, one statement per table; returns the trade ids."""
     if txn.new_orders:
-        await session.execute(insert(_ORDERS), [
-            {"id": o.id, "product_key": o.product_key, "account_id": o.account_id,
-             "owner_id": o.owner_id, "side": o.side, "price_fen": o.price_fen,
-             "quantity": o.quantity, "filled": o.filled, "reserved_fen": o.reserved_fen,
-             "lock_id": o.lock_id if o.state == "open" else None, "state": o.state,
-             "cancel_reason": o.cancel_reason, "business_date": o.business_date,
-             "created_at": o.created_at, "closed_at": o.closed_at}
-            for o in txn.new_orders])
+        await _insert(session, _ORDERS, txn.new_orders, {
+            "id": lambda o: o.id, "product_key": lambda o: o.product_key,
+            "account_id": lambda o: o.account_id, "owner_id": lambda o: o.owner_id,
+            "side": lambda o: o.side, "price_fen": lambda o: o.price_fen,
+            "quantity": lambda o: o.quantity, "filled": lambda o: o.filled,
+            "reserved_fen": lambda o: o.reserved_fen,
+            "lock_id": lambda o: o.lock_id if o.state == "open" else None,
+            "state": lambda o: o.state, "cancel_reason": lambda o: o.cancel_reason,
+            "business_date": lambda o: o.business_date, "created_at": lambda o: o.created_at,
+            "closed_at": lambda o: o.closed_at})
     new_ids = {o.id for o in txn.new_orders}
     touched = [o for o in txn.touched.values() if o.id not in new_ids]
     if touched:
@@ -487,7 +506,7 @@ async def _write(session: AsyncSession, txn: _Txn) -> list[int]:
                         CAST(:states AS text[]), CAST(:reasons AS text[]),
                         CAST(:closed AS timestamptz[]))
                  AS u(id, filled, reserved, lock_id, state, reason, closed_at)
-            WHERE o.id = u.id"""), {
+            WHERE o.id = ANY(CAST(:ids AS bigint[])) AND o.id = u.id"""), {
             "ids": [o.id for o in touched], "filled": [o.filled for o in touched],
             "reserved": [o.reserved_fen for o in touched],
             "locks": [o.lock_id if o.state == "open" else None for o in touched],
@@ -495,15 +514,17 @@ async def _write(session: AsyncSession, txn: _Txn) -> list[int]:
             "closed": [o.closed_at for o in touched]})
     trade_ids: list[int] = []
     if txn.trades:
-        trade_ids = list((await session.execute(
-            insert(_TRADES).returning(_TRADES.c.id, sort_by_parameter_order=True),
-            txn.trades
-        )).scalars().all())
+        trade_ids = await _ids(session, "trading_trades", len(txn.trades))
+        for t, tid in zip(txn.trades, trade_ids, strict=True):
+            t["id"] = tid
+        await _insert(session, _TRADES, txn.trades, {
+            c: itemgetter(c) for c in txn.trades[0]})
     if txn.entries:
         for e in txn.entries:
             ix = e["trade_id"]
             e["trade_id"] = trade_ids[ix] if isinstance(ix, int) else None
-        await session.execute(insert(_ENTRIES), txn.entries)
+        await _insert(session, _ENTRIES, txn.entries, {
+            c: itemgetter(c) for c in txn.entries[0]})
     p = txn.product
     if txn.trades:
         await session.execute(text(
@@ -517,7 +538,8 @@ async def _write(session: AsyncSession, txn: _Txn) -> list[int]:
             UPDATE trading_accounts a SET available_fen = u.av, locked_fen = u.lk
             FROM unnest(CAST(:ids AS uuid[]), CAST(:av AS bigint[]), CAST(:lk AS bigint[]))
                  AS u(id, av, lk)
-            WHERE a.id = u.id AND (a.available_fen, a.locked_fen) IS DISTINCT FROM (u.av, u.lk)
+            WHERE a.id = ANY(CAST(:ids AS uuid[])) AND a.id = u.id
+              AND (a.available_fen, a.locked_fen) IS DISTINCT FROM (u.av, u.lk)
         """), {"ids": [a.id for a in changed], "av": [a.available_fen for a in changed],
                "lk": [a.locked_fen for a in changed]})
     await session.flush()
