@@ -290,6 +290,52 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120
     raise RuntimeError("the server did not become ready")
 
 
+# --- CPU accounting (Linux /proc): where the machine's time went ----------------------------
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
+    return out
+
+
+async def _cpu_snapshot(stack: Stack, runtime: Any) -> dict[str, float]:
+    """CPU seconds so far of the API processes, the worker processes and the database
+    backends of this run (Redis and the broker are shared servers: not attributed)."""
+    from sqlalchemy import text
+
+    api = stack.procs[0].pid
+    workers = [p.pid for p in stack.procs[1:]]
+    async with runtime.db.session() as s:
+        backends = (await s.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))).scalars()
+        db = sum(_proc_cpu(p) for p in backends)
+    return {
+        "api": sum(_proc_cpu(p) for p in _tree(api)),
+        "worker": sum(_proc_cpu(p) for w in workers for p in _tree(w)),
+        "db": db,
+    }
+
+
 # --- preparation and checks (the parent process) -----------------------------------------
 
 
@@ -532,6 +578,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         console.print("warmed up: 1,000 events through the whole pipeline")
         run = secrets.token_hex(3)
         base_us = int((clock.now() - dt.timedelta(hours=21)).timestamp()) * 1_000_000
+        cpu0 = await _cpu_snapshot(stack, runtime)
         per = -(-n // clients)
         per = -(-per // batch) * batch
         start_at = time.time() + 3.0 + n / 400_000  # time for clients to build bodies
@@ -554,6 +601,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         console.print(f"sent {n} events in {sent_done - began:.1f} s: {counts}")
         done = await _wait_credited(runtime, prepared.scene_id,
                                     counts.get("accepted", 0) + 1000, wait_s, sent_done)
+        cpu1 = await _cpu_snapshot(stack, runtime)
         total, distinct = await _credited(runtime, prepared.scene_id)
         total, distinct = total - 1000, distinct - 1000  # the warm-up events
         accepted = counts.get("accepted", 0)
@@ -572,6 +620,9 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
             "api_processes": 1 if stack.mode == "embedded" else api_workers,
             "worker_processes": worker_procs, "bus": runtime.bus.name,
             "send_s": round(sent_done - began, 2), "e2e_s": round(done - began, 2),
+            # CPU microseconds per event, by component (database: this run's backends)
+            **{f"cpu_us_per_event_{k}": round((cpu1[k] - cpu0[k]) * 1e6 / max(1, n), 1)
+               for k in cpu0},
         }
     finally:
         await runtime.close()
