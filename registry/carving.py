@@ -117,15 +117,17 @@ _MOVEMENTS = text("""
 @dataclass(slots=True)
 class Take:
     """The next ``quantity`` tonnes of run ``run`` go to ``account_id`` in ``state`` (under
-    ``lock_id`` when locked); the history records a movement ``kind`` from ``from_account``
-    by lock ``via_lock``."""
+    ``lock_id`` when locked). The history records, per piece, one movement per entry of
+    ``kinds`` by lock ``via_lock``: ``lock`` (within ``from_account``), then ``deliver``
+    (from ``from_account`` to ``account_id``). A lock and an at-once delivery out of it are
+    one take, so each block is written once however many steps it goes through."""
 
     run: int
     quantity: int
     account_id: UUID
     state: str
     lock_id: UUID | None
-    kind: str
+    kinds: tuple[str, ...]
     from_account: UUID
     via_lock: UUID
     blocks: list[BlockView] = field(default_factory=list)
@@ -248,16 +250,19 @@ async def write(session: AsyncSession, p: Plan, at: datetime) -> None:
     moved += ins
     moved.sort(key=lambda m: (m[0].vintage, m[0].issuance_no, m[2]))
     for r, block_id, s, e, t in moved:
-        t.blocks.append(BlockView(
+        # Values read from the database: no validation needed (a hot path).
+        t.blocks.append(BlockView.model_construct(
             id=block_id, serial=serial_range(r.project_no, r.instalment_no, r.vintage, s, e),
             serial_start=s, serial_end=e, quantity=e - s + 1, project_id=r.project_id,
             project_no=r.project_no, instalment_no=r.instalment_no, vintage=r.vintage,
             category=r.category, state=t.state,  # type: ignore[arg-type]
             account_id=t.account_id, lock_id=t.lock_id,
         ))
+    steps = [(r, s, e, t, kind) for r, _, s, e, t in moved for kind in t.kinds]
     await session.execute(_MOVEMENTS, {
-        "at": at, "kind": [t.kind for *_, t in moved], "iss": [r.issuance_id for r, *_ in moved],
-        "start": [s for _, _, s, _, _ in moved], "end_": [e for _, _, _, e, _ in moved],
-        "src": [t.from_account for *_, t in moved], "dst": [t.account_id for *_, t in moved],
-        "lock": [t.via_lock for *_, t in moved],
+        "at": at, "kind": [k for *_, k in steps], "iss": [r.issuance_id for r, *_ in steps],
+        "start": [s for _, s, _, _, _ in steps], "end_": [e for _, _, e, _, _ in steps],
+        "src": [t.from_account for *_, t, _ in steps],
+        "dst": [t.from_account if k == "lock" else t.account_id for *_, t, k in steps],
+        "lock": [t.via_lock for *_, t, _ in steps],
     })

@@ -34,11 +34,14 @@ PURPOSES = ("compliance", "neutrality", "judicial", "public_good", "voluntary", 
             "owner_gone")
 _INSERT_LOCKS = text("""
     INSERT INTO registry_locks (id, account_id, quantity, purpose, reference, product, state,
-                                created_at)
-    SELECT u.id, u.acc, u.q, u.purpose, u.ref, CAST(u.product AS jsonb), 'active', :at
+                                created_at, closed_at, to_account_id)
+    SELECT u.id, u.acc, u.q, u.purpose, u.ref, CAST(u.product AS jsonb), u.state, :at,
+           u.closed, u.to_acc
     FROM unnest(CAST(:id AS uuid[]), CAST(:acc AS uuid[]), CAST(:q AS int8[]),
-                CAST(:purpose AS text[]), CAST(:ref AS text[]), CAST(:product AS text[]))
-         AS u(id, acc, q, purpose, ref, product)
+                CAST(:purpose AS text[]), CAST(:ref AS text[]), CAST(:product AS text[]),
+                CAST(:state AS text[]), CAST(:closed AS timestamptz[]),
+                CAST(:to_acc AS uuid[]))
+         AS u(id, acc, q, purpose, ref, product, state, closed, to_acc)
 """)
 
 
@@ -88,13 +91,18 @@ async def record_movements(
 @dataclass(frozen=True, slots=True)
 class LockRequest:
     """Lock ``quantity`` tonnes held by ``account_id`` (of ``product`` if given) for
-    ``purpose`` (``reference`` names the trade or offset)."""
+    ``purpose`` (``reference`` names the trade or offset).
+
+    ``deliver`` lists deliveries out of the new lock made at once, in order, as
+    ``(to_account_id, tonnes)`` (a sell order that fills on entry): the registry records the
+    lock and each delivery, and the rest stays locked (a lock delivered in full is closed)."""
 
     account_id: UUID
     quantity: int
     purpose: str
     reference: str
     product: ProductFilter | None = None
+    deliver: tuple[tuple[UUID, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,51 +158,77 @@ async def lock_many(
     session: AsyncSession, requests: Sequence[LockRequest], *, now: datetime | None = None,
 ) -> list[LockView]:
     """Lock credits for many requests at once (锁定), in a few set-based statements; the
-    result is what the same :func:`lock` calls in this order would give: each request takes
-    the account's held credits (of its product) oldest vintage first, splitting the last block
-    if needed. All or nothing: ``Conflict("registry.insufficient_credits")`` (with the
-    request's ``index``) if an account holds too few, and nothing is locked.
+    result is what the same :func:`lock` calls (and :func:`deliver` calls for the requests'
+    ``deliver``) in this order would give: each request takes the account's held credits (of
+    its product) oldest vintage first, splitting the last block if needed; each block is
+    written once. All or nothing: ``registry.quantity_invalid``,
+    ``registry.account_not_found`` or ``registry.insufficient_credits`` (with the request's
+    ``index``), and nothing is locked.
 
-    Takes the accounts' row locks once, in id order; one audit record for the batch."""
+    Takes the row locks of every account involved once, in id order; one audit record for
+    the batch. Each view lists the blocks still under its lock."""
+    return (await _lock_many(session, requests, now))[0]
+
+
+async def _lock_many(session: AsyncSession, requests: Sequence[LockRequest],
+                     now: datetime | None) -> tuple[list[LockView], list[list[carving.Take]]]:
     if not requests:
-        return []
+        return [], []
     for i, r in enumerate(requests):
-        if r.quantity < 1:
-            raise Invalid("registry.quantity_invalid", "The quantity must be at least 1 tonne.",
-                          index=i)
+        if r.quantity < 1 or any(q < 1 for _, q in r.deliver) \
+                or sum(q for _, q in r.deliver) > r.quantity:
+            raise Invalid("registry.quantity_invalid",
+                          "Quantities are whole tonnes, at least 1, and a lock delivers at "
+                          "most what it locks.", index=i)
     at = now or clock.now()
-    await lock_accounts(session, (r.account_id for r in requests))
+    await lock_accounts(session, [a for r in requests
+                                  for a in (r.account_id, *(to for to, _ in r.deliver))])
     ids = [uuid.uuid4() for _ in requests]
-    takes: list[carving.Take] = [
-        carving.Take(run=0, quantity=r.quantity, account_id=r.account_id, state="locked",
-                     lock_id=lid, kind="lock", from_account=r.account_id, via_lock=lid)
-        for r, lid in zip(requests, ids, strict=True)]
+    parts: list[list[carving.Take]] = []
+    for r, lid in zip(requests, ids, strict=True):
+        mine = [carving.Take(run=0, quantity=q, account_id=to, state="held", lock_id=None,
+                             kinds=("lock", "deliver"), from_account=r.account_id,
+                             via_lock=lid) for to, q in r.deliver]
+        rest = r.quantity - sum(q for _, q in r.deliver)
+        if rest:
+            mine.append(carving.Take(run=0, quantity=rest, account_id=r.account_id,
+                                     state="locked", lock_id=lid, kinds=("lock",),
+                                     from_account=r.account_id, via_lock=lid))
+        parts.append(mine)
     segments = _segments(requests)
     if len(segments) == 1:
-        await _lock_segment(session, requests, ids, takes, segments[0], at, first=True)
+        await _lock_segment(session, requests, ids, parts, segments[0], at)
     else:
         async with session.begin_nested():  # all or nothing across segments
-            for n, seg in enumerate(segments):
-                await _lock_segment(session, requests, ids, takes, seg, at, first=n == 0)
+            for seg in segments:
+                await _lock_segment(session, requests, ids, parts, seg, at)
     await audit.append(
         session, actor="registry", action="credits.lock", entity="registry_lock",
         entity_id=str(ids[0]), now=at,
         data={"locks": [{"id": str(lid), "account_id": str(r.account_id),
                          "quantity": r.quantity, "purpose": r.purpose,
-                         "reference": r.reference} for r, lid in zip(requests, ids,
-                                                                     strict=True)]})
+                         "reference": r.reference,
+                         **({"delivered": [[str(to), q] for to, q in r.deliver]}
+                            if r.deliver else {})}
+                        for r, lid in zip(requests, ids, strict=True)]})
     return [LockView(id=lid, account_id=r.account_id, quantity=r.quantity, purpose=r.purpose,
-                     reference=r.reference, state="active", created_at=at, blocks=t.blocks)
-            for r, lid, t in zip(requests, ids, takes, strict=True)]
+                     reference=r.reference, state=_lock_state(r), created_at=at,
+                     blocks=[b for t in mine if t.state == "locked" for b in t.blocks])
+            for r, lid, mine in zip(requests, ids, parts, strict=True)], parts
+
+
+def _lock_state(r: LockRequest) -> str:
+    return "delivered" if sum(q for _, q in r.deliver) == r.quantity else "active"
 
 
 async def _lock_segment(
     session: AsyncSession, requests: Sequence[LockRequest], ids: list[UUID],
-    takes: list[carving.Take], seg: list[int], at: datetime, *, first: bool,
+    parts: list[list[carving.Take]], seg: list[int], at: datetime,
 ) -> None:
     runs: dict[UUID, int] = {}
-    keys: list[tuple[UUID, ProductFilter | None]] = []
+    of: dict[int, int] = {}  # request -> its run
     need: list[int] = []
+    keys: list[tuple[UUID, ProductFilter | None]] = []
     for i in seg:
         r = requests[i]
         g = runs.setdefault(r.account_id, len(keys))
@@ -202,13 +236,15 @@ async def _lock_segment(
             keys.append((r.account_id, r.product))
             need.append(0)
         need[g] += r.quantity
-        takes[i].run = g
+        of[i] = g
+        for t in parts[i]:
+            t.run = g
     found = await carving.held_runs(session, keys, need)
     for g, run in enumerate(found):
         if run.total < need[g]:
             upto = 0
             for i in seg:  # the first request of the run that cannot be served
-                if takes[i].run == g:
+                if of[i] == g:
                     upto += requests[i].quantity
                     if upto > run.total:
                         break
@@ -218,13 +254,18 @@ async def _lock_segment(
                 available=run.total, requested=need[g], index=i,
             )
     mine = [requests[i] for i in seg]
+    closed = [_lock_state(r) == "delivered" for r in mine]
     await session.execute(_INSERT_LOCKS, {
         "at": at, "id": [ids[i] for i in seg], "acc": [r.account_id for r in mine],
         "q": [r.quantity for r in mine], "purpose": [r.purpose for r in mine],
         "ref": [r.reference for r in mine],
         "product": [r.product.model_dump_json() if r.product is not None else None
-                    for r in mine]})
-    await carving.write(session, carving.plan(found, [takes[i] for i in seg]), at)
+                    for r in mine],
+        "state": ["delivered" if c else "active" for c in closed],
+        "closed": [at if c else None for c in closed],
+        "to_acc": [r.deliver[-1][0] if c else None for r, c in zip(mine, closed, strict=True)],
+    })
+    await carving.write(session, carving.plan(found, [t for i in seg for t in parts[i]]), at)
 
 
 async def lock(
@@ -346,7 +387,7 @@ async def deliver_many(
                            f"The lock holds {found[g].total} tonnes, fewer than delivered.",
                            available=found[g].total, requested=need[g], index=i)
         takes.append(carving.Take(run=g, quantity=q, account_id=d.to_account_id, state="held",
-                                  lock_id=None, kind="deliver",
+                                  lock_id=None, kinds=("deliver",),
                                   from_account=rows[d.lock_id].account_id, via_lock=d.lock_id))
     await carving.write(session, carving.plan(found, takes), at)
     last: dict[UUID, UUID] = {}
@@ -394,12 +435,12 @@ async def transfer(
     now: datetime | None = None,
 ) -> list[BlockView]:
     """Lock and deliver ``quantity`` held tonnes to another account in one go (a free
-    transfer). Both accounts' row locks are taken first, in id order, so two opposite
-    transfers between the same accounts never deadlock."""
-    await lock_accounts(session, [from_account_id, to_account_id])
-    lk = await lock(session, account_id=from_account_id, quantity=quantity, purpose=purpose,
-                    reference=reference, product=product, now=now)
-    return await move_locked(session, lk.id, to_account_id=to_account_id, now=now)
+    transfer); returns the delivered blocks. Both accounts' row locks are taken first, in id
+    order, so two opposite transfers between the same accounts never deadlock."""
+    _, parts = await _lock_many(session, [LockRequest(
+        from_account_id, quantity, purpose, reference, product,
+        deliver=((to_account_id, quantity),))], now)
+    return [b for t in parts[0] for b in t.blocks]
 
 
 async def cancel_locked(

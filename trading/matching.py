@@ -14,8 +14,9 @@ One transaction handles one or more incoming orders of one product:
    between the accounts (the buyer's reservation pays, the seller receives the price less the
    fee), a sell order's credits are counted against its seller's held tonnes, and the
    delivery is noted;
-5. the registry then locks every new sell order's tonnes (one ``lock_many``) and delivers every
-   fill (one ``deliver_many``), and the orders, trades, balances and fund journal are written
+5. the registry then locks every new sell order's tonnes and delivers its fills on entry
+   (one ``lock_many``), delivers the fills of resting sell orders out of their locks (one
+   ``deliver_many``), and the orders, trades, balances and fund journal are written
    set-based, one statement each. The registry work of a batch is a constant number of
    statements, whatever its size.
 
@@ -252,9 +253,10 @@ def _match(book: _Book, incoming: Order) -> tuple[list[_Fill], bool]:
     return fills, False
 
 
-def _take_credits(txn: _Txn, o: Order, tonnes: int) -> None:
+def _take_credits(txn: _Txn, o: Order, tonnes: int, fills: list[_Fill]) -> None:
     """A sell order's tonnes (what it sells now and what it rests with) are counted against
-    its seller's held credits of the product and will be locked under one registry lock.
+    its seller's held credits of the product and will be locked under one registry lock, out
+    of which its fills on entry are delivered at once (each block written once).
     Refuses with ``registry.insufficient_credits`` before anything changes."""
     reg = txn.accounts[o.account_id].registry_account_id
     held = txn.held.get(reg, 0)
@@ -263,8 +265,10 @@ def _take_credits(txn: _Txn, o: Order, tonnes: int) -> None:
                        f"The account holds {held} matching tonnes, fewer than {tonnes}.",
                        available=held, requested=tonnes)
     txn.held[reg] = held - tonnes
+    now = tuple((txn.accounts[f.resting.account_id].registry_account_id, f.quantity)
+                for f in fills)
     txn.locks.append((o, LockRequest(reg, tonnes, "trade", f"order:{o.id}",
-                                     _product_filter(txn.product))))
+                                     _product_filter(txn.product), deliver=now)))
 
 
 async def _settle_credits(session: AsyncSession, txn: _Txn) -> None:
@@ -325,7 +329,7 @@ def _one(txn: _Txn, book: _Book, o: Order) -> None:
     rest = 0 if stp else o.quantity - filled
     if o.side == "sell":
         if filled + rest:
-            _take_credits(txn, o, filled + rest)
+            _take_credits(txn, o, filled + rest, fills)
     else:
         buyer = txn.accounts[o.account_id]
         need = o.quantity * o.price_fen
@@ -340,8 +344,9 @@ def _one(txn: _Txn, book: _Book, o: Order) -> None:
         r = f.resting
         buy, sell = (o, r) if o.side == "buy" else (r, o)
         _settle_funds(txn, buy, sell, f.quantity, f.price)
-        txn.deliveries.append((sell, txn.accounts[buy.account_id].registry_account_id,
-                               f.quantity))
+        if sell is r:  # a resting sell delivers out of its lock (an incoming one: at lock)
+            txn.deliveries.append((sell, txn.accounts[buy.account_id].registry_account_id,
+                                   f.quantity))
         if r.id not in txn.new_ids:
             txn.touched[r.id] = r
         if _remaining(r) == 0:

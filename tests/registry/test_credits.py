@@ -445,3 +445,41 @@ async def test_opposite_transfers_at_once_never_deadlock(runtime: Runtime) -> No
     async with runtime.db.transaction() as s:
         assert (await _state(s, a))["held"] + (await _state(s, b))["held"] == 100
         assert await reconcile(s) == []
+
+
+async def test_art30_lock_with_deliveries_at_once_writes_each_block_once(
+        runtime: Runtime) -> None:
+    """Art. 30: a lock that delivers part at once (a sell order filled on entry) records the
+    lock and each delivery in the history, leaves the rest locked, and closes a lock
+    delivered in full; too much to deliver is refused and changes nothing."""
+    async with runtime.db.transaction() as s:
+        _, a, inst = await holder_with(s, 20)
+        x, y = await org(s, kind="trader"), await org(s, kind="trader")
+        assert x.account_id and y.account_id
+        counts = await _counts(s)
+        with pytest.raises(DomainError) as e:
+            await service.lock_many(s, [LockRequest(a, 3, "t", "r", deliver=((x.account_id, 4),))])
+        assert e.value.code == "registry.quantity_invalid"
+        assert await _counts(s) == counts
+        part, whole = await service.lock_many(s, [
+            LockRequest(a, 8, "t", "p", deliver=((x.account_id, 2), (y.account_id, 3))),
+            LockRequest(a, 4, "t", "w", deliver=((y.account_id, 4),)),
+        ])
+        assert (part.state, [(b.serial_start, b.serial_end) for b in part.blocks]) == \
+            ("active", [(6, 8)])
+        assert (whole.state, whole.blocks) == ("delivered", [])
+        assert await _state(s, x.account_id) == {"held": 2, "locked": 0, "cancelled": 0}
+        assert await _state(s, y.account_id) == {"held": 7, "locked": 0, "cancelled": 0}
+        assert await _state(s, a) == {"held": 8, "locked": 3, "cancelled": 0}
+        steps = (await s.execute(text(
+            "SELECT kind, serial_start, serial_end, to_account_id FROM registry_movements "
+            "WHERE lock_id = :l ORDER BY id"), {"l": part.id})).all()
+        assert [tuple(r) for r in steps] == [
+            ("lock", 1, 2, a), ("deliver", 1, 2, x.account_id), ("lock", 3, 5, a),
+            ("deliver", 3, 5, y.account_id), ("lock", 6, 8, a)]
+        row = await s.get(Lock, whole.id, populate_existing=True)
+        assert row is not None and (row.state, row.to_account_id) == ("delivered",
+                                                                      y.account_id)
+        rest = await service.move_locked(s, part.id, to_account_id=x.account_id)
+        assert [b.serial for b in rest] == [f"CQCER-{inst.issued[0].project_no}-1-2024-6-8"]
+        assert await reconcile(s) == []
