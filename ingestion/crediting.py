@@ -8,6 +8,9 @@ caller's one transaction, set-based (a handful of statements per batch, none per
   in one SQL statement against ``ingest_cap_usage`` (updated in the same statement). Within a
   batch a citizen's events take the cap in ``occurred_at`` order.
 - Events that cannot be processed (no rule at ``occurred_at``) go to the dead-letter table.
+
+The statements run on the session's own asyncpg connection (same transaction) with typed
+array parameters: the batch crosses the wire as a dozen arrays, not as rows.
 """
 
 from __future__ import annotations
@@ -18,21 +21,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import text
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ingestion import errors as E
-from ingestion.schemas import ENVELOPE_VERSION, BusEvent, Envelope, bus_encoder, from_us
+from ingestion.schemas import ENVELOPE_VERSION, BusEvent, Envelope, bus_encoder
 
-# Asia/Shanghai has kept UTC+8 without daylight saving since 1991; business dates of events
-# (all within a claim window of at most a year) are computed with that fixed offset.
-SHANGHAI_OFFSET_US = 8 * 3600 * 1_000_000
-DAY_US = 86_400 * 1_000_000
-EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+SHANGHAI = dt.timedelta(hours=8)  # Asia/Shanghai: UTC+8, no daylight saving since 1991
 
 
-def business_date(occurred_us: int) -> dt.date:
-    return dt.date.fromordinal(EPOCH_ORDINAL + (occurred_us + SHANGHAI_OFFSET_US) // DAY_US)
+def business_date(at: dt.datetime) -> dt.date:
+    """The Asia/Shanghai business date of an aware instant."""
+    offset = at.utcoffset()
+    return (at + (SHANGHAI - offset if offset is not None else SHANGHAI)).date()
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ class DeadLetter:
     payload: bytes
     reason_code: str
     reason: str
-    scene_id: str | None = None
+    scene_id: UUID | None = None
     event_id: str | None = None
 
 
@@ -62,41 +63,158 @@ def dead_event(ev: BusEvent, key: bytes, code: str, reason: str) -> DeadLetter:
     )
 
 
+@dataclass(slots=True)
+class Priced:
+    """A batch's events with their rules applied, before the daily and yearly caps, as
+    columns (one list per field, aligned)."""
+
+    events: list[BusEvent] = field(default_factory=list)
+    day: list[dt.date] = field(default_factory=list)
+    grams: list[int] = field(default_factory=list)
+    day_cap: list[int | None] = field(default_factory=list)
+    year_cap: list[int | None] = field(default_factory=list)
+    grams_per_point: list[int] = field(default_factory=list)
+    reduction_rule: list[UUID] = field(default_factory=list)
+    conversion_rule: list[UUID] = field(default_factory=list)
+
+    def add(self, ev: BusEvent, grams: int, day_cap: int | None, year_cap: int | None,
+            grams_per_point: int, reduction_rule: UUID, conversion_rule: UUID) -> None:
+        self.events.append(ev)
+        self.day.append(business_date(ev.occurred_at))
+        self.grams.append(grams)
+        self.day_cap.append(day_cap)
+        self.year_cap.append(year_cap)
+        self.grams_per_point.append(grams_per_point)
+        self.reduction_rule.append(reduction_rule)
+        self.conversion_rule.append(conversion_rule)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+
+_VARIES = object()
+
+
+def _fixed_rules(events: Sequence[tuple[bytes, BusEvent]], rulebook: Any) -> tuple[
+        dict[tuple[UUID, str], Any], Any]:
+    """Per (scene, behaviour), the one reduction version in force over all the batch's
+    events, else ``_VARIES``; likewise the conversion version. A version is in force over an
+    interval: in force at the earliest and the latest ``occurred_at`` means at every one."""
+    span: dict[tuple[UUID, str], list[dt.datetime]] = {}
+    first = last = None
+    for _, ev in events:
+        at = ev.occurred_at
+        k = (ev.scene_id, ev.behaviour)
+        seen = span.get(k)
+        if seen is None:
+            span[k] = [at, at]
+        elif at < seen[0]:
+            seen[0] = at
+        elif at > seen[1]:
+            seen[1] = at
+        if first is None or at < first:
+            first = at
+        if last is None or at > last:
+            last = at
+    fixed: dict[tuple[UUID, str], Any] = {}
+    for (scene, behaviour), (lo, hi) in span.items():
+        rule = rulebook.rule_at(scene, behaviour, lo)
+        fixed[(scene, behaviour)] = (
+            rule if rule is not None and rule is rulebook.rule_at(scene, behaviour, hi)
+            else _VARIES)
+    conversion: Any = _VARIES
+    if first is not None:
+        c = rulebook.conversion_at(first)
+        if c is not None and c is rulebook.conversion_at(last):
+            conversion = c
+    return fixed, conversion
+
+
+def price_events(
+    events: Sequence[tuple[bytes, BusEvent]], rulebook: Any
+) -> tuple[Priced, list[DeadLetter]]:
+    """Apply the reduction and conversion rules in force at each ``occurred_at`` and the
+    per-event cap (Art. 31); events without a rule become dead letters."""
+    priced = Priced()
+    dead: list[DeadLetter] = []
+    fixed, fixed_conversion = _fixed_rules(events, rulebook)
+    for key, ev in events:
+        rule = fixed[(ev.scene_id, ev.behaviour)]
+        if rule is _VARIES:
+            rule = rulebook.rule_at(ev.scene_id, ev.behaviour, ev.occurred_at)
+        if rule is None:
+            dead.append(dead_event(ev, key, E.DL_RULE_MISSING,
+                                   f"no reduction rule for {ev.behaviour} at {ev.occurred_at}"))
+            continue
+        conversion = fixed_conversion
+        if conversion is _VARIES:
+            conversion = rulebook.conversion_at(ev.occurred_at)
+        if conversion is None:
+            dead.append(dead_event(ev, key, E.DL_CONVERSION_MISSING,
+                                   f"no conversion rule at {ev.occurred_at}"))
+            continue
+        grams = rule.grams_for(ev.quantity_milli)
+        if rule.cap_grams_per_event is not None and grams > rule.cap_grams_per_event:
+            grams = rule.cap_grams_per_event
+        priced.add(ev, grams, rule.cap_grams_per_day, rule.cap_grams_per_year,
+                   conversion.grams_per_point, rule.version_id, conversion.version_id)
+    return priced, dead
+
+
+async def driver(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session's transaction (begun if not yet)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    drv: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    if not drv.is_in_transaction():
+        await conn.exec_driver_sql("SELECT 1")  # SQLAlchemy begins lazily
+    return drv
+
+
+# Make sure every usage row of the batch exists and lock them all, in key order (the rows
+# come sorted), so concurrent workers never deadlock on them. ``WHERE false`` locks an
+# existing row without writing a new version of it.
+_LOCK_USAGE = """
+INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period, used_grams)
+SELECT c, s, b, k, p, 0
+  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[]) AS t(c, s, b, k, p)
+ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
+DO UPDATE SET used_grams = u.used_grams WHERE false
+"""
+
 # One statement: each event's grams after the daily and yearly caps, and the usage rows
-# moved by what was granted. The rows were locked by _LOCK_USAGE just before (in key order,
-# so concurrent workers never deadlock on them). Greedy in ``ord`` order: an event gets
+# moved by what was granted. Greedy in ``ord`` (occurred_at) order: an event gets
 # min(its grams, what is left of the cap after the earlier events of the batch).
-_APPLY_CAPS = text("""
+_APPLY_CAPS = """
 WITH ev AS (
-    SELECT * FROM unnest(
-        CAST(:ord AS int[]), CAST(:citizen AS uuid[]), CAST(:scene AS uuid[]),
-        CAST(:behaviour AS text[]), CAST(:day AS date[]), CAST(:year AS date[]),
-        CAST(:grams AS bigint[]), CAST(:day_cap AS bigint[]), CAST(:year_cap AS bigint[])
-    ) AS t(ord, citizen_id, scene_id, behaviour, day, yr, grams, day_cap, year_cap)
+    SELECT * FROM unnest($1::int4[], $2::uuid[], $3::uuid[], $4::text[], $5::date[],
+                         $6::int8[], $7::int8[], $8::int8[])
+        AS t(ord, citizen_id, scene_id, behaviour, day, grams, day_cap, year_cap)
 ),
 d AS (
-    SELECT ev.*, CASE WHEN ev.day_cap IS NULL THEN ev.grams ELSE GREATEST(0, LEAST(ev.grams,
+    SELECT ev.*, make_date(extract(year FROM ev.day)::int, 1, 1) AS yr,
+           CASE WHEN ev.day_cap IS NULL THEN ev.grams ELSE GREATEST(0::int8, LEAST(ev.grams,
              ev.day_cap - COALESCE(u.used_grams, 0)
-             - (sum(ev.grams) OVER w - ev.grams))) END AS dg
+             - ((sum(ev.grams) OVER w)::int8 - ev.grams))) END AS dg
     FROM ev LEFT JOIN ingest_cap_usage u
       ON u.citizen_id = ev.citizen_id AND u.scene_id = ev.scene_id
      AND u.behaviour = ev.behaviour AND u.kind = 'd' AND u.period = ev.day
     WINDOW w AS (PARTITION BY ev.citizen_id, ev.scene_id, ev.behaviour, ev.day ORDER BY ev.ord)
 ),
 y AS (
-    SELECT d.*, CASE WHEN d.year_cap IS NULL THEN d.dg ELSE GREATEST(0, LEAST(d.dg,
+    SELECT d.*, CASE WHEN d.year_cap IS NULL THEN d.dg ELSE GREATEST(0::int8, LEAST(d.dg,
              d.year_cap - COALESCE(u.used_grams, 0)
-             - (sum(d.dg) OVER w - d.dg))) END AS g
+             - ((sum(d.dg) OVER w)::int8 - d.dg))) END AS g
     FROM d LEFT JOIN ingest_cap_usage u
       ON u.citizen_id = d.citizen_id AND u.scene_id = d.scene_id
      AND u.behaviour = d.behaviour AND u.kind = 'y' AND u.period = d.yr
     WINDOW w AS (PARTITION BY d.citizen_id, d.scene_id, d.behaviour, d.yr ORDER BY d.ord)
 ),
 moved AS (
-    SELECT citizen_id, scene_id, behaviour, 'd' AS kind, day AS period, sum(g) AS add
+    SELECT citizen_id, scene_id, behaviour, 'd' AS kind, day AS period, sum(g)::int8 AS add
       FROM y WHERE day_cap IS NOT NULL GROUP BY citizen_id, scene_id, behaviour, day
     UNION ALL
-    SELECT citizen_id, scene_id, behaviour, 'y', yr, sum(g)
+    SELECT citizen_id, scene_id, behaviour, 'y', yr, sum(g)::int8
       FROM y WHERE year_cap IS NOT NULL GROUP BY citizen_id, scene_id, behaviour, yr
 ),
 upd AS (
@@ -107,126 +225,57 @@ upd AS (
        AND m.add > 0
 )
 SELECT ord, g FROM y
-""")
-
-# Make sure every usage row of the batch exists and lock them all, in key order.
-_LOCK_USAGE = text("""
-INSERT INTO ingest_cap_usage (citizen_id, scene_id, behaviour, kind, period, used_grams)
-SELECT DISTINCT c, s, b, k, p, 0 FROM unnest(
-    CAST(:citizen AS uuid[]), CAST(:scene AS uuid[]), CAST(:behaviour AS text[]),
-    CAST(:kind AS text[]), CAST(:period AS date[])
-) AS t(c, s, b, k, p)
-ORDER BY c, s, b, k, p
-ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
-DO UPDATE SET used_grams = ingest_cap_usage.used_grams
-""")
+"""
 
 
-@dataclass(slots=True)
-class Priced:
-    """An event with its rules applied, before the daily and yearly caps."""
-
-    event: BusEvent
-    occurred_at: dt.datetime
-    day: dt.date
-    grams: int
-    day_cap: int | None
-    year_cap: int | None
-    grams_per_point: int
-    reduction_rule_version_id: UUID
-    conversion_rule_version_id: UUID
-
-
-def price_events(
-    events: Sequence[tuple[bytes, BusEvent]], rulebook: Any
-) -> tuple[list[Priced], list[DeadLetter]]:
-    """Apply the reduction and conversion rules in force at each ``occurred_at`` and the
-    per-event cap; events without a rule become dead letters."""
-    priced: list[Priced] = []
-    dead: list[DeadLetter] = []
-    scenes: dict[str, UUID] = {}
-    for key, ev in events:
-        scene = scenes.get(ev.scene_id)
-        if scene is None:
-            scene = scenes[ev.scene_id] = UUID(ev.scene_id)
-        occurred = from_us(ev.occurred_us)
-        rule = rulebook.rule_at(scene, ev.behaviour, occurred)
-        if rule is None:
-            dead.append(dead_event(ev, key, E.DL_RULE_MISSING,
-                                   f"no reduction rule for {ev.behaviour} at {occurred}"))
-            continue
-        conversion = rulebook.conversion_at(occurred)
-        if conversion is None:
-            dead.append(dead_event(ev, key, E.DL_CONVERSION_MISSING,
-                                   f"no conversion rule at {occurred}"))
-            continue
-        grams = rule.grams_for(ev.quantity_milli)
-        if rule.cap_grams_per_event is not None and grams > rule.cap_grams_per_event:
-            grams = rule.cap_grams_per_event
-        priced.append(Priced(
-            ev, occurred, business_date(ev.occurred_us), grams,
-            rule.cap_grams_per_day, rule.cap_grams_per_year,
-            conversion.grams_per_point, rule.version_id, conversion.version_id,
-        ))
-    return priced, dead
-
-
-async def apply_caps(session: AsyncSession, priced: list[Priced]) -> list[int]:
+async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     """Each event's grams after the daily and yearly caps (and record what was used)."""
-    order = sorted(range(len(priced)), key=lambda i: (priced[i].event.occurred_us, i))
-    capped = [i for i in order if priced[i].day_cap is not None or priced[i].year_cap is not None]
-    granted = [p.grams for p in priced]
+    granted = list(priced.grams)
+    events, day_caps, year_caps = priced.events, priced.day_cap, priced.year_cap
+    capped = [i for i in range(len(events))
+              if day_caps[i] is not None or year_caps[i] is not None]
     if not capped:
         return granted
-    lock: dict[str, list[Any]] = {"citizen": [], "scene": [], "behaviour": [], "kind": [],
-                                  "period": []}
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "ord", "citizen", "scene", "behaviour", "day", "year", "grams", "day_cap", "year_cap")}
+    capped.sort(key=lambda i: (events[i].occurred_at, i))
+    days = priced.day
+    keys: set[tuple[UUID, UUID, str, str, dt.date]] = set()
     for i in capped:
-        p = priced[i]
-        ev = p.event
-        year = dt.date(p.day.year, 1, 1)
-        for kind, period, cap in (("d", p.day, p.day_cap), ("y", year, p.year_cap)):
-            if cap is not None:
-                lock["citizen"].append(ev.citizen_id)
-                lock["scene"].append(ev.scene_id)
-                lock["behaviour"].append(ev.behaviour)
-                lock["kind"].append(kind)
-                lock["period"].append(period)
-        cols["ord"].append(i)
-        cols["citizen"].append(ev.citizen_id)
-        cols["scene"].append(ev.scene_id)
-        cols["behaviour"].append(ev.behaviour)
-        cols["day"].append(p.day)
-        cols["year"].append(year)
-        cols["grams"].append(p.grams)
-        cols["day_cap"].append(p.day_cap)
-        cols["year_cap"].append(p.year_cap)
-    await session.execute(_LOCK_USAGE, lock)
-    for ord_, g in (await session.execute(_APPLY_CAPS, cols)).all():
-        granted[ord_] = int(g)
+        ev = events[i]
+        if day_caps[i] is not None:
+            keys.add((ev.citizen_id, ev.scene_id, ev.behaviour, "d", days[i]))
+        if year_caps[i] is not None:
+            keys.add((ev.citizen_id, ev.scene_id, ev.behaviour, "y",
+                      days[i].replace(month=1, day=1)))
+    lock = sorted(keys)
+    conn = await driver(session)
+    await conn.execute(_LOCK_USAGE, [k[0] for k in lock], [k[1] for k in lock],
+                       [k[2] for k in lock], [k[3] for k in lock], [k[4] for k in lock])
+    rows = await conn.fetch(
+        _APPLY_CAPS, capped, [events[i].citizen_id for i in capped],
+        [events[i].scene_id for i in capped], [events[i].behaviour for i in capped],
+        [days[i] for i in capped], [priced.grams[i] for i in capped],
+        [day_caps[i] for i in capped], [year_caps[i] for i in capped],
+    )
+    for ord_, g in rows:
+        granted[ord_] = g
     return granted
 
 
-_INSERT_DEAD = text("""
+_INSERT_DEAD = """
 INSERT INTO ingest_dead_letters (topic, key, payload, scene_id, event_id, reason_code, reason)
-SELECT :topic, k, p, s, e, c, r FROM unnest(
-    CAST(:key AS bytea[]), CAST(:payload AS bytea[]), CAST(:scene AS uuid[]),
-    CAST(:event AS text[]), CAST(:code AS text[]), CAST(:reason AS text[])
+SELECT $1, k, p, s, e, c, r FROM unnest(
+    $2::bytea[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], $7::text[]
 ) AS t(k, p, s, e, c, r)
 ON CONFLICT DO NOTHING
-""")
+"""
 
 
 async def store_dead_letters(session: AsyncSession, topic: str, dead: list[DeadLetter]) -> None:
     if not dead:
         return
-    await session.execute(_INSERT_DEAD, {
-        "topic": topic,
-        "key": [d.key for d in dead],
-        "payload": [d.payload for d in dead],
-        "scene": [d.scene_id for d in dead],
-        "event": [d.event_id for d in dead],
-        "code": [d.reason_code for d in dead],
-        "reason": [d.reason[:1000] for d in dead],
-    })
+    conn = await driver(session)
+    await conn.execute(
+        _INSERT_DEAD, topic, [d.key for d in dead], [d.payload for d in dead],
+        [d.scene_id for d in dead], [d.event_id for d in dead],
+        [d.reason_code for d in dead], [d.reason[:1000] for d in dead],
+    )

@@ -8,6 +8,7 @@ per event, so the worker decodes thousands of events per millisecond.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -60,15 +61,16 @@ class BatchResult(msgspec.Struct):
 
 
 class BusEvent(msgspec.Struct, array_like=True):
-    """One accepted event on the bus (the worker's input). Times are UTC microseconds."""
+    """One accepted event on the bus (the worker's input). UUIDs travel as 16 bytes, times
+    as MessagePack timestamps (decoded as UTC)."""
 
-    scene_id: str
+    scene_id: uuid.UUID
     event_id: str
-    citizen_id: str
+    citizen_id: uuid.UUID
     behaviour: str
     quantity_milli: int
-    occurred_us: int
-    received_us: int
+    occurred_at: dt.datetime
+    received_at: dt.datetime
     district_code: str | None = None
 
 
@@ -84,22 +86,9 @@ ENVELOPE_VERSION = 1
 batch_decoder = msgspec.json.Decoder(BatchIn)
 event_decoder = msgspec.json.Decoder(EventIn)
 json_encoder = msgspec.json.Encoder()
-bus_encoder = msgspec.msgpack.Encoder()
+bus_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
 bus_decoder = msgspec.msgpack.Decoder(Envelope)
 bus_event_decoder = msgspec.msgpack.Decoder(BusEvent)
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def to_us(at: dt.datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact, no float)."""
-    delta = at - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(us: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(microseconds=us)
-
 
 def openapi_schema(struct: type) -> dict[str, Any]:
     """A struct's JSON schema for the OpenAPI document (refs inlined under ``$defs``)."""

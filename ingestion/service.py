@@ -49,7 +49,6 @@ from ingestion.schemas import (
     batch_decoder,
     bus_encoder,
     event_decoder,
-    to_us,
 )
 from scenes import service as scenes
 
@@ -128,7 +127,6 @@ class Candidate:
 
     index: int
     event: BusEvent
-    citizen_id: UUID
 
 
 @dataclass(slots=True)
@@ -150,27 +148,76 @@ def quantity_milli(quantity: Decimal) -> int | None:
         return None
 
 
+# The API checks units and quantities against the rules; the worker re-reads the rules for
+# every batch, so a rule book a second old is only ever used for that early feedback.
+RULEBOOK_TTL_S = 1.0
+_rulebooks: dict[frozenset[tuple[UUID, str]], tuple[float, Any]] = {}
+
+
+async def _rulebook(session: AsyncSession, pairs: set[tuple[UUID, str]]) -> Any:
+    key = frozenset(pairs)
+    mono = time.monotonic()
+    hit = _rulebooks.get(key)
+    if hit is not None and hit[0] > mono:
+        return hit[1]
+    book = await scenes.rulebook(session, pairs)
+    if len(_rulebooks) > 1000:
+        _rulebooks.clear()
+    _rulebooks[key] = (mono + RULEBOOK_TTL_S, book)
+    return book
+
+
+_VARIES = object()
+
+
+def _rule_per_behaviour(
+    scene_id: UUID, events: Sequence[EventIn], behaviours: frozenset[str], rules: Any
+) -> dict[str, Any]:
+    """For each behaviour of the batch, the one rule version in force over all its events'
+    times, or ``_VARIES``. A version is in force over an interval, so if the same version is
+    in force at the earliest and the latest ``occurred_at``, it is in force at every one."""
+    span: dict[str, list[dt.datetime]] = {}
+    for ev in events:
+        b = ev.behaviour
+        if b in behaviours:
+            at = ev.occurred_at
+            seen = span.get(b)
+            if seen is None:
+                span[b] = [at, at]
+            elif at < seen[0]:
+                seen[0] = at
+            elif at > seen[1]:
+                seen[1] = at
+    fixed: dict[str, Any] = {}
+    for b, (first, last) in span.items():
+        rule = rules.rule_at(scene_id, b, first)
+        fixed[b] = rule if rule is not None and rule is rules.rule_at(scene_id, b, last) \
+            else _VARIES
+    return fixed
+
+
 async def check_batch(
     session: AsyncSession, scene_id: UUID, events: Sequence[EventIn], *,
     now: dt.datetime | None = None,
 ) -> CheckedBatch:
     """Every event's outcome against the scene, the partner's links and consents, the rules.
 
-    Three queries for the whole batch; no ORM object per event.
+    Three queries for the whole batch (the scene and the rules are cached for a second; the
+    links and consents are read fresh, so a revocation counts from the next batch); no ORM
+    object per event.
     """
     now = now or clock.now()
     scene = await scenes.scene_for_ingest(session, scene_id)
     scene.require_accepting()  # Art. 32: a suspended or ended scene's events are refused
     refs = list({e.partner_user_ref for e in events})
     links = await scenes.resolve_links(session, scene_id, refs)
-    behaviours = set(scene.behaviours)
-    rules = await scenes.rulebook(
-        session, {(scene_id, e.behaviour) for e in events if e.behaviour in behaviours}
+    behaviours = scene.behaviours
+    rules = await _rulebook(
+        session, {(scene_id, b) for b in {e.behaviour for e in events} if b in behaviours}
     )
-    now_us = to_us(now)
-    future_us = to_us(now + FUTURE_SKEW)
-    oldest_us = to_us(now - dt.timedelta(days=scene.claim_window_days))
-    scene_str = str(scene_id)
+    fixed = _rule_per_behaviour(scene_id, events, behaviours, rules)
+    future = now + FUTURE_SKEW
+    oldest = now - dt.timedelta(days=scene.claim_window_days)
     checked = CheckedBatch(
         scene_id=scene_id,
         dedupe_ttl_s=int((dt.timedelta(days=scene.claim_window_days) + DEDUPE_MARGIN
@@ -178,54 +225,56 @@ async def check_batch(
         results=[],
     )
     results = checked.results
+    candidates = checked.candidates
     for i, ev in enumerate(events):
-        code, detail = _reject_reason(ev, scene_id, behaviours, rules, links, future_us, oldest_us)
-        if code is not None:
-            results.append(EventResult(ev.event_id, "rejected", code, detail))
-            continue
-        link = links[ev.partner_user_ref]
-        results.append(EventResult(ev.event_id, "accepted"))
-        checked.candidates.append(Candidate(i, BusEvent(
-            scene_id=scene_str,
-            event_id=ev.event_id,
-            citizen_id=str(link.citizen_id),
-            behaviour=ev.behaviour,
-            quantity_milli=quantity_milli(ev.quantity) or 0,
-            occurred_us=to_us(ev.occurred_at),
-            received_us=now_us,
-            district_code=ev.district_code,
-        ), link.citizen_id))
+        at = ev.occurred_at
+        code: str | None = None
+        if at > future:
+            code, detail = E.IN_THE_FUTURE, "occurred_at is in the future."
+        elif at < oldest:
+            code, detail = E.OUTSIDE_CLAIM_WINDOW, \
+                "occurred_at is older than the scene's claim window."
+        else:
+            rule = fixed.get(ev.behaviour)
+            if rule is _VARIES:
+                rule = rules.rule_at(scene_id, ev.behaviour, at)
+            milli = quantity_milli(ev.quantity)
+            link = links.get(ev.partner_user_ref)
+            if ev.behaviour not in behaviours:
+                code, detail = E.BEHAVIOUR_UNKNOWN, f"The scene has no behaviour {ev.behaviour!r}."
+            elif rule is None:
+                code, detail = E.RULE_MISSING, "No reduction rule was in force at occurred_at."
+            elif ev.unit != rule.unit:
+                code, detail = E.UNIT_MISMATCH, f"The rule counts {rule.unit!r}, not {ev.unit!r}."
+            elif milli is None:
+                code, detail = E.QUANTITY_PRECISION, "quantity has more than 3 decimal places."
+            elif milli <= 0 or milli > MAX_QUANTITY_MILLI or (
+                    rule.max_quantity_per_event is not None
+                    and milli > rule.max_quantity_per_event):
+                code, detail = E.QUANTITY_OUT_OF_RANGE, "quantity is not within the rule's range."
+            elif link is None:
+                code, detail = E.NOT_LINKED, \
+                    "partner_user_ref is not linked to a citizen in this scene."
+            elif not _consented(link, at):
+                code, detail = E.CONSENT_ABSENT, \
+                    "The citizen's consent did not cover occurred_at."
+            else:
+                results.append(EventResult(ev.event_id, "accepted"))
+                candidates.append(Candidate(i, BusEvent(
+                    scene_id, ev.event_id, link.citizen_id, ev.behaviour, milli, at, now,
+                    ev.district_code,
+                )))
+                continue
+        results.append(EventResult(ev.event_id, "rejected", code, detail))
     return checked
 
 
-def _reject_reason(
-    ev: EventIn, scene_id: UUID, behaviours: set[str], rules: Any, links: dict[str, Any],
-    future_us: int, oldest_us: int,
-) -> tuple[str | None, str | None]:
-    occurred_us = to_us(ev.occurred_at)
-    if occurred_us > future_us:
-        return E.IN_THE_FUTURE, "occurred_at is in the future."
-    if occurred_us < oldest_us:
-        return E.OUTSIDE_CLAIM_WINDOW, "occurred_at is older than the scene's claim window."
-    if ev.behaviour not in behaviours:
-        return E.BEHAVIOUR_UNKNOWN, f"The scene has no behaviour {ev.behaviour!r}."
-    rule = rules.rule_at(scene_id, ev.behaviour, ev.occurred_at)
-    if rule is None:
-        return E.RULE_MISSING, "No reduction rule was in force at occurred_at."
-    if ev.unit != rule.unit:
-        return E.UNIT_MISMATCH, f"The rule counts {rule.unit!r}, not {ev.unit!r}."
-    milli = quantity_milli(ev.quantity)
-    if milli is None:
-        return E.QUANTITY_PRECISION, "quantity has more than 3 decimal places."
-    max_milli = rule.max_quantity_per_event
-    if milli <= 0 or milli > MAX_QUANTITY_MILLI or (max_milli is not None and milli > max_milli):
-        return E.QUANTITY_OUT_OF_RANGE, "quantity is not within the rule's range."
-    link = links.get(ev.partner_user_ref)
-    if link is None:
-        return E.NOT_LINKED, "partner_user_ref is not linked to a citizen in this scene."
-    if not link.consented_at(ev.occurred_at):
-        return E.CONSENT_ABSENT, "The citizen's consent did not cover occurred_at."
-    return None, None
+def _consented(link: Any, at: dt.datetime) -> bool:
+    """Art. 34: was the behaviour at ``at`` authorised? (one open consent: one comparison)"""
+    intervals = link.intervals
+    if len(intervals) == 1 and intervals[0][1] is None:
+        return bool(intervals[0][0] <= at)
+    return bool(link.consented_at(at))
 
 
 # ---------------------------------------------------------------- dedupe and publish
@@ -256,6 +305,10 @@ def dedupe_key(runtime: Runtime, scene_id: UUID | str, event_id: str) -> str:
     return runtime.key("ingest", "seen", "{" + str(scene_id) + "}", event_id)
 
 
+def _dedupe_prefix(runtime: Runtime, scene_id: UUID) -> str:
+    return dedupe_key(runtime, scene_id, "")
+
+
 async def publish_batch(runtime: Runtime, checked: CheckedBatch) -> BatchResult:
     """Drop duplicates, publish the rest durably, and give every event's outcome."""
     results = checked.results
@@ -263,7 +316,8 @@ async def publish_batch(runtime: Runtime, checked: CheckedBatch) -> BatchResult:
     fresh: list[Candidate] = []
     fresh_keys: list[str] = []
     if candidates:
-        keys = [dedupe_key(runtime, checked.scene_id, c.event.event_id) for c in candidates]
+        prefix = _dedupe_prefix(runtime, checked.scene_id)
+        keys = [prefix + c.event.event_id for c in candidates]
         flags = await _dedupe_script(runtime.redis)(keys=keys, args=[checked.dedupe_ttl_s])
         if isinstance(flags, bytes):
             flags = flags.decode()
@@ -275,8 +329,7 @@ async def publish_batch(runtime: Runtime, checked: CheckedBatch) -> BatchResult:
                 results[c.index] = EventResult(c.event.event_id, "duplicate")
     if fresh:
         try:
-            await publish_events(runtime, [c.event for c in fresh],
-                                 [c.citizen_id for c in fresh])
+            await publish_events(runtime, [c.event for c in fresh])
         except BaseException as exc:
             # Nothing was acknowledged: forget the marks so that a retry is not "duplicate".
             await _forget(runtime, fresh_keys)
@@ -308,14 +361,16 @@ async def ensure_topic(runtime: Runtime, topic: str) -> None:
         _topics_ready.add(marker)
 
 
-async def publish_events(
-    runtime: Runtime, events: Sequence[BusEvent], citizens: Sequence[UUID]
-) -> None:
+async def publish_events(runtime: Runtime, events: Sequence[BusEvent]) -> None:
     """Publish events grouped by citizen bucket; return once the bus acked every message."""
     topic = events_topic(runtime.settings)
     groups: dict[bytes, list[BusEvent]] = {}
-    for ev, citizen in zip(events, citizens, strict=True):
-        groups.setdefault(bucket_key(citizen), []).append(ev)
+    keys: dict[UUID, bytes] = {}
+    for ev in events:
+        key = keys.get(ev.citizen_id)
+        if key is None:
+            key = keys[ev.citizen_id] = bucket_key(ev.citizen_id)
+        groups.setdefault(key, []).append(ev)
     messages = [
         Message(key, bus_encoder.encode(Envelope(ENVELOPE_VERSION, evs)))
         for key, evs in groups.items()

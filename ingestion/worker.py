@@ -65,7 +65,7 @@ class _Redo(Exception):
 
 def _unique(events: list[tuple[bytes, BusEvent]]) -> tuple[list[tuple[bytes, BusEvent]], int]:
     """Keep the first of each (scene, event_id) in the batch; count the repeats."""
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[UUID, str]] = set()
     kept: list[tuple[bytes, BusEvent]] = []
     for item in events:
         k = (item[1].scene_id, item[1].event_id)
@@ -88,7 +88,7 @@ async def credit_messages(
     topic = topic or events_topic(runtime.settings)
     decoded, dead = decode_messages(messages)
     events, repeats = _unique(decoded)
-    skip: set[tuple[str, str]] = set()
+    skip: set[tuple[UUID, str]] = set()
     for _ in range(3):
         try:
             outcome = await _credit_once(runtime, topic, events, dead, skip)
@@ -102,7 +102,7 @@ async def credit_messages(
 
 async def _credit_once(
     runtime: Runtime, topic: str, events: list[tuple[bytes, BusEvent]],
-    dead: list[DeadLetter], skip: set[tuple[str, str]],
+    dead: list[DeadLetter], skip: set[tuple[UUID, str]],
 ) -> Outcome:
     from points import service as points
     from scenes import service as scenes
@@ -115,32 +115,26 @@ async def _credit_once(
         dead = list(dead)
         if events:
             rulebook = await scenes.rulebook(
-                session, {(UUID(ev.scene_id), ev.behaviour) for _, ev in events}
+                session, {(ev.scene_id, ev.behaviour) for _, ev in events}
             )
             priced, unpriced = price_events(events, rulebook)
             dead.extend(unpriced)
             granted = await apply_caps(session, priced)
             credits = [
-                points.CreditIn(
-                    citizen_id=UUID(p.event.citizen_id),
-                    scene_id=UUID(p.event.scene_id),
-                    event_id=p.event.event_id,
-                    behaviour=p.event.behaviour,
-                    occurred_at=p.occurred_at,
-                    grams=g,
-                    grams_per_point=p.grams_per_point,
-                    reduction_rule_version_id=p.reduction_rule_version_id,
-                    conversion_rule_version_id=p.conversion_rule_version_id,
-                )
-                for p, g in zip(priced, granted, strict=True)
+                points.CreditIn(ev.citizen_id, ev.scene_id, ev.event_id, ev.behaviour,
+                                ev.occurred_at, g, gpp, rrv, crv)
+                for ev, g, gpp, rrv, crv in zip(
+                    priced.events, granted, priced.grams_per_point, priced.reduction_rule,
+                    priced.conversion_rule, strict=True)
             ]
             if credits:
                 result = await points.credit_batch(session, credits, now=now)
                 if result.duplicates:
-                    dup = {(str(s), e) for s, e in result.duplicates}
-                    if any((p.event.scene_id, p.event.event_id) in dup
-                           and (p.day_cap is not None or p.year_cap is not None)
-                           for p in priced):
+                    dup = set(result.duplicates)
+                    if any((ev.scene_id, ev.event_id) in dup
+                           and (priced.day_cap[i] is not None
+                                or priced.year_cap[i] is not None)
+                           for i, ev in enumerate(priced.events)):
                         raise _Redo(dup)
                 outcome.credited = len(result.new)
                 outcome.duplicates = len(result.duplicates)

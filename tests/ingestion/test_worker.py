@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import uuid
 from decimal import Decimal
 
 import httpx
@@ -14,7 +13,7 @@ from app import clock
 from app.bus import Message
 from app.runtime import Runtime
 from ingestion import deadletters, service
-from ingestion.schemas import BusEvent, to_us
+from ingestion.schemas import BusEvent
 from ingestion.worker import credit_messages
 from tests.ingestion.conftest import ACTOR, Partner, balance, credited, drain, make_partner
 
@@ -23,15 +22,15 @@ def bus_event(p: Partner, ref: str, *, quantity_milli: int = 2500,
               at: dt.datetime | None = None, behaviour: str | None = None) -> BusEvent:
     now = clock.now()
     return BusEvent(
-        scene_id=str(p.scene_id), event_id="w-" + secrets.token_hex(8),
-        citizen_id=str(p.citizens[ref]), behaviour=behaviour or p.behaviour,
-        quantity_milli=quantity_milli, occurred_us=to_us(at or now - dt.timedelta(minutes=5)),
-        received_us=to_us(now),
+        scene_id=p.scene_id, event_id="w-" + secrets.token_hex(8),
+        citizen_id=p.citizens[ref], behaviour=behaviour or p.behaviour,
+        quantity_milli=quantity_milli, occurred_at=at or now - dt.timedelta(minutes=5),
+        received_at=now,
     )
 
 
 async def publish(runtime: Runtime, p: Partner, events: list[BusEvent]) -> None:
-    await service.publish_events(runtime, events, [uuid.UUID(e.citizen_id) for e in events])
+    await service.publish_events(runtime, events)
 
 
 async def test_art31_caps_per_day_and_year_limit_points(
