@@ -52,7 +52,7 @@ from trading.errors import (
     staff_barred,
     wrong_state,
 )
-from trading.models import FundEntry, Order, Product, Trade, TradingAccount
+from trading.models import FundEntry, Order, Product, Trade
 from trading.schemas import FillOut, OrderOut
 
 __all__ = ["NewOrder", "Placed", "cancel_all", "cancel_order", "depth", "expire_stale",
@@ -85,26 +85,72 @@ class Placed:
 
 
 @dataclass(slots=True)
+class _Order:
+    """An order row in memory. Matching works on plain objects (not the ORM's instrumented
+    ones) and writes them back set-based in :func:`_write`."""
+
+    id: int
+    product_key: str
+    account_id: UUID
+    owner_id: UUID
+    side: str
+    price_fen: int
+    quantity: int
+    filled: int
+    reserved_fen: int
+    lock_id: UUID | None
+    state: str
+    cancel_reason: str | None
+    business_date: date
+    created_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(slots=True)
+class _Account:
+    """A trading account's funds in memory (its row is locked; written back by :func:`_write`)."""
+
+    id: UUID
+    organisation_id: UUID
+    registry_account_id: UUID
+    status: str
+    available_fen: int
+    locked_fen: int
+
+
+async def _orders(session: AsyncSession, *cond: Any) -> list[_Order]:
+    rows = (await session.execute(select(*_ORDERS.c).where(*cond).order_by(_ORDERS.c.id))).all()
+    return [_Order(**r._mapping) for r in rows]
+
+
+async def _prelock(session: AsyncSession, account_ids: Sequence[UUID]) -> dict[UUID, _Account]:
+    """The house lock order (registry accounts, then trading accounts); plain copies."""
+    return {a.id: _Account(a.id, a.organisation_id, a.registry_account_id, a.status,
+                           a.available_fen, a.locked_fen)
+            for a in (await service.prelock(session, account_ids)).values()}
+
+
+@dataclass(slots=True)
 class _Book:
     """Resting orders in priority order: asks (price, id) ascending; bids (-price, id)."""
 
-    asks: list[tuple[tuple[int, int], Order]] = field(default_factory=list)
-    bids: list[tuple[tuple[int, int], Order]] = field(default_factory=list)
+    asks: list[tuple[tuple[int, int], _Order]] = field(default_factory=list)
+    bids: list[tuple[tuple[int, int], _Order]] = field(default_factory=list)
 
-    def side(self, side: str) -> list[tuple[tuple[int, int], Order]]:
+    def side(self, side: str) -> list[tuple[tuple[int, int], _Order]]:
         return self.asks if side == "sell" else self.bids
 
     @staticmethod
-    def key(o: Order) -> tuple[int, int]:
+    def key(o: _Order) -> tuple[int, int]:
         return (o.price_fen, o.id) if o.side == "sell" else (-o.price_fen, o.id)
 
-    def add(self, o: Order) -> None:
+    def add(self, o: _Order) -> None:
         bisect.insort(self.side(o.side), (self.key(o), o), key=lambda e: e[0])
 
 
 @dataclass(slots=True)
 class _Fill:
-    resting: Order
+    resting: _Order
     quantity: int
     price: int
 
@@ -117,10 +163,10 @@ class _Txn:
     today: date
     product: Product
     fee_bps: int
-    accounts: dict[UUID, TradingAccount]
-    new_orders: list[Order] = field(default_factory=list)
+    accounts: dict[UUID, _Account]
+    new_orders: list[_Order] = field(default_factory=list)
     new_ids: set[int] = field(default_factory=set)
-    touched: dict[int, Order] = field(default_factory=dict)
+    touched: dict[int, _Order] = field(default_factory=dict)
     trades: list[dict[str, object]] = field(default_factory=list)
     entries: list[dict[str, object]] = field(default_factory=list)
     fills: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
@@ -128,8 +174,8 @@ class _Txn:
     # locks to take (per new sell order), deliveries (sell order, buyer's registry account,
     # tonnes), locks to release
     held: dict[UUID, int] = field(default_factory=dict)
-    locks: list[tuple[Order, LockRequest]] = field(default_factory=list)
-    deliveries: list[tuple[Order, UUID, int]] = field(default_factory=list)
+    locks: list[tuple[_Order, LockRequest]] = field(default_factory=list)
+    deliveries: list[tuple[_Order, UUID, int]] = field(default_factory=list)
     unlocks: list[UUID] = field(default_factory=list)
 
     def entry(self, account: UUID, kind: str, available: int, locked: int, *,
@@ -139,7 +185,7 @@ class _Txn:
                              "trade_id": trade_ix, "at": self.at})
 
 
-def _remaining(o: Order) -> int:
+def _remaining(o: _Order) -> int:
     return o.quantity - o.filled
 
 
@@ -157,7 +203,7 @@ async def _lock_book(session: AsyncSession, key: str) -> Product:
 
 
 async def _crossing(session: AsyncSession, key: str, today: date, side: str, limit_price: int,
-                    quantity: int) -> list[Order]:
+                    quantity: int) -> list[_Order]:
     """Resting orders of ``side`` that cross ``limit_price``, in priority order, no more than
     ``quantity`` tonnes' worth (one statement)."""
     rem = Order.quantity - Order.filled
@@ -172,17 +218,12 @@ async def _crossing(session: AsyncSession, key: str, today: date, side: str, lim
         Order.business_date == today, cond,
     ).subquery()
     ids = select(inner.c.id).where(inner.c.running - inner.c.rem < quantity)
-    return list((await session.execute(
-        select(Order).where(Order.id.in_(ids)).execution_options(populate_existing=True)
-    )).scalars().all())
+    return await _orders(session, _ORDERS.c.id.in_(ids))
 
 
-async def _stale(session: AsyncSession, key: str, today: date) -> list[Order]:
-    return list((await session.execute(
-        select(Order).where(Order.product_key == key, Order.state == "open",
-                            Order.business_date < today)
-        .execution_options(populate_existing=True)
-    )).scalars().all())
+async def _stale(session: AsyncSession, key: str, today: date) -> list[_Order]:
+    return await _orders(session, _ORDERS.c.product_key == key, _ORDERS.c.state == "open",
+                         _ORDERS.c.business_date < today)
 
 
 async def _ids(session: AsyncSession, table: str, n: int) -> list[int]:
@@ -211,13 +252,13 @@ async def _insert(session: AsyncSession, table: Table, rows: Sequence[Any],
         {n: [get(r) for r in rows] for n, get in columns.items()})
 
 
-def _close(txn: _Txn, o: Order, state: str, reason: str | None = None) -> None:
+def _close(txn: _Txn, o: _Order, state: str, reason: str | None = None) -> None:
     o.state, o.cancel_reason, o.closed_at = state, reason, txn.at
     if o.id not in txn.new_ids:
         txn.touched[o.id] = o
 
 
-def _release(txn: _Txn, o: Order, reason: str) -> None:
+def _release(txn: _Txn, o: _Order, reason: str) -> None:
     """Cancel an open order: a buy order's reservation returns to the available funds, a sell
     order's credits are unlocked in the registry (by :func:`_settle_credits`)."""
     if o.side == "buy" and o.reserved_fen:
@@ -232,7 +273,7 @@ def _release(txn: _Txn, o: Order, reason: str) -> None:
     _close(txn, o, "cancelled", reason)
 
 
-def _match(book: _Book, incoming: Order) -> tuple[list[_Fill], bool]:
+def _match(book: _Book, incoming: _Order) -> tuple[list[_Fill], bool]:
     """The fills of ``incoming`` against the book, best price first, then time; and whether
     self-trade prevention stopped it (its owner on the other side: the incoming remainder is
     cancelled, the resting order stays)."""
@@ -253,7 +294,7 @@ def _match(book: _Book, incoming: Order) -> tuple[list[_Fill], bool]:
     return fills, False
 
 
-def _take_credits(txn: _Txn, o: Order, tonnes: int, fills: list[_Fill]) -> None:
+def _take_credits(txn: _Txn, o: _Order, tonnes: int, fills: list[_Fill]) -> None:
     """A sell order's tonnes (what it sells now and what it rests with) are counted against
     its seller's held credits of the product and will be locked under one registry lock, out
     of which its fills on entry are delivered at once (each block written once).
@@ -290,7 +331,7 @@ async def _settle_credits(session: AsyncSession, txn: _Txn) -> None:
         txn.deliveries = []
 
 
-def _settle_funds(txn: _Txn, buy: Order, sell: Order, q: int, p: int) -> None:
+def _settle_funds(txn: _Txn, buy: _Order, sell: _Order, q: int, p: int) -> None:
     """Pay one fill: the buy order's reservation (at its limit) pays ``q × p`` and returns the
     price improvement; the seller receives the amount less the exchange's fee."""
     amount = q * p
@@ -321,7 +362,7 @@ def _settle_funds(txn: _Txn, buy: Order, sell: Order, q: int, p: int) -> None:
     p_.last_price_fen = p
 
 
-def _one(txn: _Txn, book: _Book, o: Order) -> None:
+def _one(txn: _Txn, book: _Book, o: _Order) -> None:
     """Match and pay one incoming order (already validated and funded); its deliveries are
     noted for :func:`_settle_credits`."""
     fills, stp = _match(book, o)
@@ -362,7 +403,7 @@ def _one(txn: _Txn, book: _Book, o: Order) -> None:
         book.add(o)
 
 
-def _release_new(txn: _Txn, o: Order) -> None:
+def _release_new(txn: _Txn, o: _Order) -> None:
     """Self-trade prevention cancels the incoming remainder (its reservation returns)."""
     if o.side == "buy" and o.reserved_fen:
         acct = txn.accounts[o.account_id]
@@ -409,7 +450,7 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
     band = service.price_band(product, today, rules.band_bps)
     buys = [o for o in orders if o.side == "buy"]
     sells = [o for o in orders if o.side == "sell"]
-    resting: list[Order] = []
+    resting: list[_Order] = []
     if buys:
         resting += await _crossing(session, product_key, today, "sell",
                                    max(o.price_fen for o in buys), sum(o.quantity for o in buys))
@@ -418,9 +459,8 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
                                    min(o.price_fen for o in sells),
                                    sum(o.quantity for o in sells))
     stale = await _stale(session, product_key, today)
-    accounts = await service.prelock(
+    accounts = await _prelock(
         session, [o.account_id for o in orders] + [r.account_id for r in resting + stale])
-    _detach(session, [*resting, *stale, *accounts.values()])
     txn = _Txn(at=at, today=today, product=product, fee_bps=rules.fee_bps, accounts=accounts)
     # Art. 37: staff of the registry agency, operator and exchange may not trade.
     barred = await registry.trading_barred(
@@ -442,10 +482,11 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
         try:
             _validate(txn, new, band, barred)
             acct = txn.accounts[new.account_id]
-            o = Order(id=next(ids), product_key=product_key, account_id=new.account_id,
-                      owner_id=acct.organisation_id, side=new.side, price_fen=new.price_fen,
-                      quantity=new.quantity, filled=0, reserved_fen=0, state="open",
-                      business_date=today, created_at=at)
+            o = _Order(id=next(ids), product_key=product_key, account_id=new.account_id,
+                       owner_id=acct.organisation_id, side=new.side, price_fen=new.price_fen,
+                       quantity=new.quantity, filled=0, reserved_fen=0, lock_id=None,
+                       state="open", cancel_reason=None, business_date=today, created_at=at,
+                       closed_at=None)
             _one(txn, book, o)
         except DomainError as exc:
             if raise_first:
@@ -479,7 +520,7 @@ def _detach(session: AsyncSession, rows: Sequence[object]) -> None:
             session.expunge(r)
 
 
-def _out(o: Order, fills: list[FillOut]) -> OrderOut:
+def _out(o: _Order | Order, fills: list[FillOut]) -> OrderOut:
     return OrderOut(id=o.id, product=o.product_key, side=o.side, price_fen=o.price_fen,
                     quantity=o.quantity, filled=o.filled, state=o.state,
                     cancel_reason=o.cancel_reason, business_date=o.business_date,
@@ -567,16 +608,16 @@ async def cancel_order(session: AsyncSession, organisation_id: UUID, order_id: i
                        actor: str, now: datetime | None = None) -> OrderOut:
     """The owner cancels an open order (撤单): funds or credits are released."""
     at = now or clock.now()
-    found = await session.get(Order, order_id)
+    found = (await session.execute(
+        select(Order.account_id, Order.product_key).where(Order.id == order_id)
+    )).one_or_none()
     acct = await service.account_for_org(session, organisation_id)
     if found is None or found.account_id != acct.id:
         raise not_found("order")
     product = await _lock_book(session, found.product_key)
-    accounts = await service.prelock(session, [acct.id])
-    o = (await session.execute(
-        select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
-    )).scalar_one()
-    _detach(session, [o, *accounts.values()])
+    _detach(session, [product])
+    accounts = await _prelock(session, [acct.id])
+    (o,) = await _orders(session, _ORDERS.c.id == order_id)
     if o.state != "open":
         raise wrong_state("order", o.state)
     txn = _Txn(at=at, today=clock.business_date(at), product=product, fee_bps=0,
@@ -600,14 +641,12 @@ async def cancel_all(session: AsyncSession, *, actor: str, reason: str = "cleare
     )).scalars().all())
     # Every book, then every account, before the first audit record (the house lock order).
     books = {key: await _lock_book(session, key) for key in sorted(keys)}
-    cond = [Order.product_key.in_(list(books)), Order.state == "open"]
+    cond = [_ORDERS.c.product_key.in_(list(books)), _ORDERS.c.state == "open"]
     if before is not None:
-        cond.append(Order.business_date < before)
-    rows = list((await session.execute(
-        select(Order).where(*cond).order_by(Order.id).execution_options(populate_existing=True)
-    )).scalars().all())
-    accounts = await service.prelock(session, [o.account_id for o in rows])
-    _detach(session, [*rows, *accounts.values(), *books.values()])
+        cond.append(_ORDERS.c.business_date < before)
+    rows = await _orders(session, *cond)
+    accounts = await _prelock(session, [o.account_id for o in rows])
+    _detach(session, list(books.values()))
     for key, product in books.items():
         mine = [o for o in rows if o.product_key == key]
         if not mine:
