@@ -5,10 +5,10 @@ verification, Art. 29)."""
 from __future__ import annotations
 
 from html import escape
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app import clock
@@ -67,21 +67,28 @@ def _base(request: Request) -> str:
 # --- the bureau ----------------------------------------------------------------------------
 
 
+# A compliance year (履约年度) the ETS could have: anything else never reaches the database.
+ComplianceYear = Annotated[int, Path(ge=2000, le=2100)]
+ComplianceYearQuery = Annotated[int | None, Query(ge=2000, le=2100)]
+
+
 @bureau.put("/caps/{year}/{category}", response_model=CapOut)
-async def set_cap(year: int, category: Category, body: CapIn, who: Bureau, db: Db) -> CapOut:
+async def set_cap(
+    year: ComplianceYear, category: Category, body: CapIn, who: Bureau, db: Db
+) -> CapOut:
     """Set the compliance offset cap of a year and category (share of verified emissions)."""
     async with db.transaction() as session:
         return await service.set_cap(session, year, category, body.cap_bps, actor=actor_of(who))
 
 
 @bureau.get("/caps", response_model=list[CapOut])
-async def caps(who: Bureau, db: Db, year: int | None = None) -> list[CapOut]:
+async def caps(who: Bureau, db: Db, year: ComplianceYearQuery = None) -> list[CapOut]:
     async with db.transaction() as session:
         return await service.list_caps(session, year)
 
 
 @bureau.put("/emissions/{organisation_id}/{year}", response_model=EmissionsOut)
-async def set_emissions(organisation_id: UUID, year: int, body: EmissionsIn, who: Bureau,
+async def set_emissions(organisation_id: UUID, year: ComplianceYear, body: EmissionsIn, who: Bureau,
                         db: Db) -> EmissionsOut:
     """Record a covered entity's verified emissions of a compliance year."""
     async with db.transaction() as session:

@@ -7,7 +7,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from app import clock
 from app.audit import actor_of
@@ -51,6 +51,10 @@ admin = APIRouter(prefix="/v1/admin/trading", tags=["trading: exchange"])
 trader = APIRouter(prefix="/v1/trading", tags=["trading: traders"])
 public = APIRouter(prefix="/public/trading", tags=["trading: disclosure (Art. 36)"],
                    dependencies=[Depends(_public_limit)])
+
+
+# A trading day the market data can hold; anything else is a 422, never a date overflow.
+MarketDay = Annotated[date, Query(ge=date(2000, 1, 1), le=date(2999, 12, 31))]
 
 
 def _org(org: Principal) -> UUID:
@@ -195,7 +199,9 @@ async def my_orders(org: CurrentOrg, db: Db) -> list[OrderOut]:
 
 
 @trader.post("/orders/{order_id}/cancel", response_model=OrderOut)
-async def cancel_order(order_id: int, org: CurrentOrg, db: Db) -> OrderOut:
+async def cancel_order(
+    order_id: Annotated[int, Path(ge=1, le=2**63 - 1)], org: CurrentOrg, db: Db
+) -> OrderOut:
     async with db.transaction() as session:
         return await matching.cancel_order(session, _org(org), order_id, actor=actor_of(org))
 
@@ -211,8 +217,8 @@ async def products(db: Db) -> list[ProductOut]:
 
 
 @public.get("/trades", response_model=list[PublicTrade])
-async def trades(db: Db, product: str | None = None, day: date | None = None,
-                 before_id: int | None = None,
+async def trades(db: Db, product: str | None = None, day: MarketDay | None = None,
+                 before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[PublicTrade]:
     """Trades without identities (Art. 36)."""
     async with db.transaction() as session:
@@ -221,7 +227,7 @@ async def trades(db: Db, product: str | None = None, day: date | None = None,
 
 
 @public.get("/products/{key}/bars", response_model=list[Bar])
-async def bars(key: str, db: Db, start: date | None = None, end: date | None = None
+async def bars(key: str, db: Db, start: MarketDay | None = None, end: MarketDay | None = None
                ) -> list[Bar]:
     """Daily open/high/low/close and volume of a product (default: the last 30 days)."""
     last = end or clock.today()

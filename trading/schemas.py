@@ -123,7 +123,7 @@ class DealIn(BaseModel):
 
     buyer_account_id: UUID
     category: Category
-    vintage: int | None = None
+    vintage: int | None = Field(default=None, ge=2000, le=2100)
     quantity: int = _TONNES
     price_fen: int = _FEN
     expires_in_s: int | None = Field(default=None, gt=0, le=30 * 86400)

@@ -16,9 +16,11 @@ The operation is then fuzzed with schema-valid cases (which reach the services a
 database) as every admitted caller, and schema-violating cases (which must be refused as 4xx
 problems) as the first of them (as nobody alone when nobody is admitted: a public route).
 
+The fuzzer runs against a database of its own (created, migrated and dropped here) and its
+own Redis prefix: an admin holding every role changes global configuration (market rules,
+calendars, conversion rules) at random, which must not leak into the rest of the suite.
 Schemathesis runs the app on its own event-loop thread, so the app's lifespan opens its own
-runtime there against this run's database; the test itself is synchronous and uses the
-session ``runtime`` fixture only for the migrated database and the callers' records.
+runtime there; the test itself is synchronous.
 
 Exclusions (asserted below so the list stays honest): the signed partner routes
 ``POST /v1/ingest/events:batch``, ``POST /v1/ingest/events``, ``POST /v1/partner/links`` and
@@ -40,6 +42,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +62,9 @@ from app import clock
 from app.auth.citizens import get_or_create_citizen
 from app.auth.permissions import ROLES
 from app.auth.tokens import issue_access_token
-from app.runtime import Runtime
-from app.settings import get_settings
+from app.runtime import Runtime, open_runtime
+from app.settings import Settings, get_settings
+from tests.conftest import TEST_DB, _admin_exec
 
 EXAMPLES = int(os.environ.get("TANHUI_FUZZ_EXAMPLES", "8"))
 RANDOM = os.environ.get("TANHUI_FUZZ_RANDOM") == "1"
@@ -183,8 +187,34 @@ def _admitted(fuzz: Fuzz, operation: Any, callers: dict[str, dict[str, str]]) ->
     return ["anonymous"] if "anonymous" in admitted else admitted
 
 
+@pytest.fixture(scope="module")
+async def fuzz_runtime() -> AsyncIterator[Runtime]:
+    """A database and Redis prefix of the fuzzer's own, migrated to head, dropped after."""
+    from app.migrations import upgrade
+
+    base = get_settings()
+    name = f"{TEST_DB}_fuzz"
+    url = (base.database_url or "").rsplit("/", 1)[0] + "/" + name
+    settings = base.model_copy(update={"database_url": url,
+                                       "redis_prefix": base.redis_prefix + "fuzz:"})
+    await _admin_exec(f'CREATE DATABASE "{name}"')
+    try:
+        await upgrade(url)
+        rt = await open_runtime(settings)
+        try:
+            yield rt
+        finally:
+            keys = [k async for k in rt.redis.scan_iter(match=f"{settings.redis_prefix}*")]
+            if keys:
+                await rt.redis.delete(*keys)
+            await rt.close()
+    finally:
+        await _admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
-async def callers(runtime: Runtime) -> dict[str, dict[str, str]]:
+async def callers(fuzz_runtime: Runtime) -> dict[str, dict[str, str]]:
+    runtime = fuzz_runtime
     from points.service import CreditIn, credit_batch
     from registry.schemas import OrganisationIn
     from registry.service import create_organisation
@@ -219,7 +249,7 @@ async def callers(runtime: Runtime) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_api_fuzz_no_500_and_every_error_is_a_problem(
-    callers: dict[str, dict[str, str]],
+    callers: dict[str, dict[str, str]], fuzz_runtime: Runtime,
 ) -> None:
     """Bad input never yields a 500; every error is problem+json with a ``code`` (RFC 9457)."""
     from schemathesis.python.asgi import shutdown_lifespans
@@ -227,7 +257,8 @@ def test_api_fuzz_no_500_and_every_error_is_a_problem(
     from app.main import create_app
 
     # No runtime passed: the lifespan opens one on schemathesis's own event-loop thread.
-    app = create_app(get_settings())
+    settings: Settings = fuzz_runtime.settings
+    app = create_app(settings)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     fuzz = Fuzz()
     started = time.monotonic()
