@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 
-__all__ = ["Conflict", "Forbidden", "Invalid", "NotFound", "not_found", "over_cap",
+__all__ = ["Conflict", "Forbidden", "Invalid", "NotFound", "dissolved", "not_found", "over_cap",
            "wrong_state"]
 
 
@@ -24,3 +24,11 @@ def over_cap(allowed: int, used: int, requested: int) -> Invalid:
         f"The cap allows {allowed} tonnes for this year and category; {used} are already "
         f"applied for, {requested} more would exceed it.",
         allowed=allowed, used=used, requested=requested)
+
+
+def dissolved() -> Conflict:
+    """Art. 22, 30: the registry found the holder gone (主体灭失) and dissolved it; its credits
+    were cancelled, and nothing may be used by it or donated to it."""
+    return Conflict("offsets.organisation_dissolved",
+                    "The holder was dissolved by the registry (Art. 22): no use of credits by "
+                    "it or for it.")

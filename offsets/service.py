@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock, crypto
-from offsets.errors import Forbidden, Invalid, not_found, over_cap, wrong_state
+from offsets.errors import Forbidden, Invalid, dissolved, not_found, over_cap, wrong_state
 from offsets.models import Cap, ComplianceRequest, Emissions, Retirement
 from offsets.schemas import (
     CapOut,
@@ -34,7 +34,7 @@ from offsets.schemas import (
 )
 from registry import credits as registry_credits
 from registry import service as registry
-from registry.schemas import BlockView, ProductFilter
+from registry.schemas import BlockView, OrganisationOut, ProductFilter
 
 __all__ = ["confirm", "donate", "get_retirement", "judicial_purchase", "list_caps",
            "list_compliance", "neutralise", "public_good", "public_records", "refuse",
@@ -114,7 +114,7 @@ async def request_compliance(session: AsyncSession, organisation_id: UUID, data:
     """A covered entity applies to use credits for a compliance year: eligibility and the
     category's cap are checked, then the credits are locked until the bureau decides."""
     at = now or clock.now()
-    org = await registry.get_organisation(session, organisation_id)
+    org = _active(await registry.get_organisation(session, organisation_id))
     if org.kind != "covered_entity":
         raise Forbidden("offsets.not_covered_entity",
                         "Art. 26: only covered entities (配额管理单位) offset for compliance.")
@@ -223,13 +223,21 @@ async def _certificate_no(session: AsyncSession, kind: str, at: datetime) -> str
     return f"{CERT_PREFIX[kind]}-{clock.business_date(at).year}-{n:06d}"
 
 
+def _active(org: OrganisationOut) -> OrganisationOut:
+    """Art. 22/30: an organisation the registry dissolved (owner gone) neither uses nor
+    receives credits (``offsets.organisation_dissolved``)."""
+    if org.status != "active":
+        raise dissolved()
+    return org
+
+
 async def _retire(session: AsyncSession, organisation_id: UUID, *, kind: str, quantity: int,
                   product: ProductFilter | None, beneficiary: str, detail: dict[str, Any],
                   actor: str, at: datetime, to_organisation: UUID | None = None,
                   **fields: Any) -> Retirement:
     """Lock the holder's credits and cancel them for ``kind`` (or deliver them, for a
     donation), then record the use with its certificate number and serial ranges."""
-    org = await registry.get_organisation(session, organisation_id)
+    org = _active(await registry.get_organisation(session, organisation_id))
     assert org.account_id is not None
     rid = uuid.uuid4()
     number = await _certificate_no(session, kind, at)
@@ -325,7 +333,7 @@ async def donate(session: AsyncSession, organisation_id: UUID, data: DonationIn,
     """A donation (捐赠, Art. 27): the credits are delivered to the recipient's account."""
     if data.to_organisation_id == organisation_id:
         raise Invalid("offsets.donation_to_self", "Donate to another holder.")
-    recipient = await registry.get_organisation(session, data.to_organisation_id)
+    recipient = _active(await registry.get_organisation(session, data.to_organisation_id))
     return await _retire(session, organisation_id, kind="donation", quantity=data.quantity,
                          product=_filter(data.category, data.vintage),
                          beneficiary=recipient.name, detail={}, actor=actor,

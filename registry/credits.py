@@ -70,6 +70,23 @@ async def lock_accounts(session: AsyncSession, account_ids: Iterable[UUID]) -> N
         raise not_found("account")
 
 
+async def trading_refusals(session: AsyncSession, organisation_ids: Iterable[UUID]
+                           ) -> dict[UUID, str]:
+    """Which of these organisations may not move CQCER by trade or use, and why (one
+    statement): ``"dissolved"`` — the registry found the owner gone (主体灭失, Art. 22) and
+    its credits were cancelled, so nothing may reach or leave its account again (Art. 30);
+    ``"staff"`` — staff of the registry agency, the operator or the exchange (Art. 37)."""
+    ids = sorted(set(organisation_ids))
+    if not ids:
+        return {}
+    rows = (await session.execute(
+        select(Organisation.id, Organisation.status, Organisation.staff_of)
+        .where(Organisation.id.in_(ids),
+               (Organisation.status != "active") | Organisation.staff_of.is_not(None))
+    )).all()
+    return {r.id: "dissolved" if r.status != "active" else "staff" for r in rows}
+
+
 async def record_movements(
     session: AsyncSession, kind: str, *, where: str, params: dict[str, Any],
     from_account: UUID | None, to_account: UUID | None, at: datetime,

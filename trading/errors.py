@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from app.errors import Conflict, Forbidden, Invalid, NotFound
 
-__all__ = ["Conflict", "Forbidden", "Invalid", "NotFound", "insufficient_funds", "not_found",
-           "outside_session", "price_out_of_band", "staff_barred", "wrong_state"]
+__all__ = ["Conflict", "Forbidden", "Invalid", "NotFound", "account_closed", "insufficient_funds",
+           "not_found", "outside_session", "price_out_of_band", "staff_barred", "wrong_state"]
 
 
 def not_found(entity: str) -> NotFound:
@@ -38,3 +38,11 @@ def staff_barred() -> Forbidden:
     return Forbidden("trading.staff_barred",
                      "Art. 37: staff of the registry agency, operator and exchange may not trade "
                      "CQCER.")
+
+
+def account_closed() -> Conflict:
+    """Art. 22, 30: the registry found the holder gone (主体灭失) and dissolved it; its
+    trading account may neither trade nor be traded with."""
+    return Conflict("trading.account_closed",
+                    "The holder was dissolved by the registry (Art. 22): its trading account "
+                    "is closed to orders and deals.")

@@ -40,12 +40,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock
 from app.errors import DomainError
+from registry import credits as registry_credits
 from registry import service as registry
 from registry.schemas import ProductFilter
 from registry.service import Delivery, LockRequest
 from trading import service
 from trading.errors import (
     Conflict,
+    account_closed,
     insufficient_funds,
     not_found,
     price_out_of_band,
@@ -414,13 +416,16 @@ def _release_new(txn: _Txn, o: _Order) -> None:
     o.state, o.cancel_reason, o.closed_at = "cancelled", "self_trade_prevented", txn.at
 
 
-def _validate(txn: _Txn, o: NewOrder, band: tuple[int, int], barred: set[UUID]) -> None:
+def _validate(txn: _Txn, o: NewOrder, band: tuple[int, int], refused: dict[UUID, str]) -> None:
     acct = txn.accounts.get(o.account_id)
     if acct is None:
         raise not_found("account")
     if acct.status != "active":
         raise Conflict("trading.account_inactive", f"The trading account is {acct.status}.")
-    if acct.organisation_id in barred:
+    why = refused.get(acct.organisation_id)
+    if why == "dissolved":
+        raise account_closed()
+    if why is not None:
         raise staff_barred()
     if o.side not in ("buy", "sell"):
         raise Conflict("trading.side_invalid", "side is buy or sell")
@@ -462,12 +467,18 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
     accounts = await _prelock(
         session, [o.account_id for o in orders] + [r.account_id for r in resting + stale])
     txn = _Txn(at=at, today=today, product=product, fee_bps=rules.fee_bps, accounts=accounts)
-    # Art. 37: staff of the registry agency, operator and exchange may not trade.
-    barred = await registry.trading_barred(
-        session, {accounts[o.account_id].organisation_id for o in orders
-                  if o.account_id in accounts})
+    # Art. 37: staff of the registry agency, operator and exchange may not trade; Art. 22/30:
+    # an organisation the registry dissolved (owner gone) neither trades nor is traded with.
+    refused = await registry_credits.trading_refusals(
+        session, {a.organisation_id for a in accounts.values()})
     for o in stale:
         _release(txn, o, "expired")
+    closed = {oid for oid, why in refused.items() if why == "dissolved"}
+    if closed:  # its resting orders leave the book (a buy order's reservation returns)
+        for o in resting:
+            if o.owner_id in closed:
+                _release(txn, o, "account_closed")
+        resting = [o for o in resting if o.owner_id not in closed]
     await _settle_credits(session, txn)  # stale sells' credits are held again first
     sellers = {accounts[o.account_id].registry_account_id for o in orders
                if o.side == "sell" and o.account_id in accounts}
@@ -480,7 +491,7 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
     placed: list[Placed] = []
     for new in orders:
         try:
-            _validate(txn, new, band, barred)
+            _validate(txn, new, band, refused)
             acct = txn.accounts[new.account_id]
             o = _Order(id=next(ids), product_key=product_key, account_id=new.account_id,
                        owner_id=acct.organisation_id, side=new.side, price_fen=new.price_fen,

@@ -30,6 +30,7 @@ from registry import service as registry
 from trading.errors import (
     Conflict,
     Invalid,
+    account_closed,
     insufficient_funds,
     not_found,
     outside_session,
@@ -198,6 +199,8 @@ async def open_account(session: AsyncSession, data: AccountIn, *, actor: str,
     at = now or clock.now()
     org = await registry.get_organisation(session, data.organisation_id)
     assert org.account_id is not None
+    if org.status != "active":  # Art. 22: the registry found the holder gone
+        raise account_closed()
     individual = org.kind == "individual"
     if individual and data.identity is None:
         raise Invalid("trading.identity_required", "A person's account needs their identity.")
@@ -255,10 +258,14 @@ async def account_for_org(session: AsyncSession, organisation_id: UUID) -> Tradi
 
 
 async def require_not_barred(session: AsyncSession, organisation_ids: Iterable[UUID]) -> None:
-    """Art. 37: staff of the registry agency, the operator and the exchange may not trade."""
-    for oid in sorted(set(organisation_ids)):
-        if await registry.is_trading_barred(session, oid):
-            raise staff_barred()
+    """Art. 37: staff of the registry agency, the operator and the exchange may not trade;
+    Art. 22/30: nor may an organisation the registry dissolved (owner gone), nor may anyone
+    trade with it (``trading.account_closed``). One statement."""
+    refused = await registry_credits.trading_refusals(session, organisation_ids)
+    if "dissolved" in refused.values():
+        raise account_closed()
+    if refused:
+        raise staff_barred()
 
 
 async def prelock(session: AsyncSession, account_ids: Iterable[UUID]
