@@ -16,6 +16,7 @@ array parameters: the batch crosses the wire as a dozen arrays, not as rows.
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ingestion import errors as E
-from ingestion.schemas import ENVELOPE_VERSION, BusEvent, Envelope, bus_encoder
+from ingestion.schemas import ENVELOPE_VERSION, BusEvent, Envelope, bucket_of, bus_encoder
 
 SHANGHAI = dt.timedelta(hours=8)  # Asia/Shanghai: UTC+8, no daylight saving since 1991
 
@@ -171,20 +172,21 @@ async def driver(session: AsyncSession) -> asyncpg.Connection:
     return drv
 
 
-# Make sure every usage row of the batch exists and lock them all, in key order (the rows
-# come sorted), so concurrent workers never deadlock on them. ``WHERE false`` locks an
-# existing row without writing a new version of it.
-_LOCK_USAGE = """
-INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period, used_grams)
-SELECT c, s, b, k, p, 0
-  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[]) AS t(c, s, b, k, p)
-ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
-DO UPDATE SET used_grams = u.used_grams WHERE false
+# The bus never hands one citizen bucket to two consumers at once, except for a moment
+# during a Kafka rebalance. For that moment, a transaction-scoped advisory lock per bucket
+# of the batch (taken in order: no deadlock; at most BUCKETS locks) serialises the readers
+# and writers of a citizen's usage rows, so the caps stay exact. Taken before the caps
+# statement, whose snapshot then sees the previous holder's committed usage.
+CAPS_LOCK_CLASS = zlib.crc32(b"tanhui.ingestion.caps") - 2**31  # advisory-lock namespace
+_LOCK_BUCKETS = """
+SELECT count(pg_advisory_xact_lock($1::int4, b)) FROM
+  (SELECT b FROM unnest($2::int4[]) AS b ORDER BY b) AS t
 """
 
 # One statement: each event's grams after the daily and yearly caps, and the usage rows
-# moved by what was granted. Greedy in ``ord`` (occurred_at) order: an event gets
-# min(its grams, what is left of the cap after the earlier events of the batch).
+# moved by what was granted (upserted: a missing row starts at 0). Greedy in ``ord``
+# (occurred_at) order: an event gets min(its grams, what is left of the cap after the
+# earlier events of the batch).
 _APPLY_CAPS = """
 WITH ev AS (
     SELECT * FROM unnest($1::int4[], $2::uuid[], $3::uuid[], $4::text[], $5::date[],
@@ -218,11 +220,12 @@ moved AS (
       FROM y WHERE year_cap IS NOT NULL GROUP BY citizen_id, scene_id, behaviour, yr
 ),
 upd AS (
-    UPDATE ingest_cap_usage u SET used_grams = u.used_grams + m.add
-      FROM moved m
-     WHERE u.citizen_id = m.citizen_id AND u.scene_id = m.scene_id
-       AND u.behaviour = m.behaviour AND u.kind = m.kind AND u.period = m.period
-       AND m.add > 0
+    INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period,
+                                      used_grams)
+    SELECT citizen_id, scene_id, behaviour, kind, period, add FROM moved WHERE add > 0
+    ORDER BY citizen_id, scene_id, behaviour, kind, period
+    ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
+    DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
 )
 SELECT ord, g FROM y
 """
@@ -238,18 +241,9 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
         return granted
     capped.sort(key=lambda i: (events[i].occurred_at, i))
     days = priced.day
-    keys: set[tuple[UUID, UUID, str, str, dt.date]] = set()
-    for i in capped:
-        ev = events[i]
-        if day_caps[i] is not None:
-            keys.add((ev.citizen_id, ev.scene_id, ev.behaviour, "d", days[i]))
-        if year_caps[i] is not None:
-            keys.add((ev.citizen_id, ev.scene_id, ev.behaviour, "y",
-                      days[i].replace(month=1, day=1)))
-    lock = sorted(keys)
+    buckets = sorted({bucket_of(events[i].citizen_id) for i in capped})
     conn = await driver(session)
-    await conn.execute(_LOCK_USAGE, [k[0] for k in lock], [k[1] for k in lock],
-                       [k[2] for k in lock], [k[3] for k in lock], [k[4] for k in lock])
+    await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
     rows = await conn.fetch(
         _APPLY_CAPS, capped, [events[i].citizen_id for i in capped],
         [events[i].scene_id for i in capped], [events[i].behaviour for i in capped],

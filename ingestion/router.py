@@ -69,6 +69,7 @@ def _scene(partner: Principal) -> Any:
                503: _PROBLEM},
 )
 async def ingest_batch(request: Request, partner: CurrentPartner, runtime: RuntimeDep) -> Response:
+    service.tune_gc_once()
     scene_id = _scene(partner)
     events = service.decode_batch(await request.body())
     await _rate_limit(runtime, partner)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+import zlib
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -22,7 +23,7 @@ Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Aware = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
 
-class EventIn(msgspec.Struct, forbid_unknown_fields=True):
+class EventIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One behaviour event (低碳行为数据) reported by a scene partner."""
 
     event_id: EventId
@@ -35,7 +36,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True):
     attributes: dict[str, Any] | None = None
 
 
-class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """``POST /v1/ingest/events:batch``: 1 to 1,000 events."""
 
     events: list[EventIn]
@@ -44,14 +45,14 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
 Outcome = Literal["accepted", "duplicate", "rejected"]
 
 
-class EventResult(msgspec.Struct, omit_defaults=True):
+class EventResult(msgspec.Struct, omit_defaults=True, gc=False):
     event_id: str
     status: Outcome
     code: str | None = None
     detail: str | None = None
 
 
-class BatchResult(msgspec.Struct):
+class BatchResult(msgspec.Struct, gc=False):
     """Every event's outcome, in request order; the counts sum to the batch size."""
 
     accepted: int
@@ -60,7 +61,7 @@ class BatchResult(msgspec.Struct):
     results: list[EventResult]
 
 
-class BusEvent(msgspec.Struct, array_like=True):
+class BusEvent(msgspec.Struct, array_like=True, gc=False):
     """One accepted event on the bus (the worker's input). UUIDs travel as 16 bytes, times
     as MessagePack timestamps (decoded as UTC)."""
 
@@ -74,7 +75,7 @@ class BusEvent(msgspec.Struct, array_like=True):
     district_code: str | None = None
 
 
-class Envelope(msgspec.Struct, array_like=True):
+class Envelope(msgspec.Struct, array_like=True, gc=False):
     """A bus message: the accepted events of one request that fall in one citizen bucket."""
 
     v: int
@@ -89,6 +90,17 @@ json_encoder = msgspec.json.Encoder()
 bus_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
 bus_decoder = msgspec.msgpack.Decoder(Envelope)
 bus_event_decoder = msgspec.msgpack.Decoder(BusEvent)
+
+# A citizen's events always go to the same bucket, hence the same partition: one worker at a
+# time sees a citizen (caps are computed without racing). A bus message carries one request's
+# events of one bucket, so a batch of 1,000 events is at most BUCKETS messages.
+BUCKETS = 64
+
+
+def bucket_of(citizen_id: uuid.UUID) -> int:
+    """The citizen's bucket (stable across processes and versions: CRC-32 of the UUID)."""
+    return zlib.crc32(citizen_id.bytes) % BUCKETS
+
 
 def openapi_schema(struct: type) -> dict[str, Any]:
     """A struct's JSON schema for the OpenAPI document (refs inlined under ``$defs``)."""

@@ -34,7 +34,7 @@ from ingestion.crediting import (
     store_dead_letters,
 )
 from ingestion.schemas import BusEvent, bus_decoder
-from ingestion.service import ensure_topic, events_topic, worker_group
+from ingestion.service import ensure_topic, events_topic, tune_gc_once, worker_group
 
 log = structlog.get_logger()
 
@@ -248,6 +248,7 @@ async def run_forever(runtime: Runtime, stop: asyncio.Event, *, consumers: int =
 
 async def run_until_signal(runtime: Runtime, consumers: int = 1) -> None:
     """``tanhui worker``: run until SIGTERM or SIGINT, finishing the batch in hand."""
+    tune_gc_once()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
