@@ -76,11 +76,11 @@ async def test_worker_killed_mid_batch_credits_every_event_exactly_once(
 
         seen = 0
         for _ in range(kills):
-            await burst(4_000)  # a backlog of several batches for the next worker
+            await burst(20_000)  # a backlog of many batches for the next worker
             proc = await _start(env)
             try:
                 seen = await _wait_for_progress(rt, p.scene_id, seen, timeout_s=40)
-                await asyncio.sleep(random.uniform(0.0, 0.1))
+                await asyncio.sleep(random.uniform(0.0, 0.05))
             finally:
                 proc.kill()  # SIGKILL: no cleanup, the batch in hand is lost mid-way
                 await proc.wait()
