@@ -57,7 +57,8 @@ class Traffic(HttpUser):
         at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=random.randrange(1, 600))
         return {"event_id": f"{_run}-{next(_counter)}",
                 "partner_user_ref": random.choice(self.refs), "behaviour": self.behaviour,
-                "quantity": f"{random.randint(1, 20)}.5", "unit": self.unit, "occurred_at": at.isoformat()}
+                "quantity": f"{random.randint(1, 20)}.5", "unit": self.unit,
+                "occurred_at": at.isoformat()}
 
     def _post(self, path: str, body: bytes, name: str) -> None:
         headers = sign_headers(self.key, "POST", path, body)
