@@ -13,7 +13,8 @@ credits run one after the other, and the second reads the first's committed bloc
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -68,6 +69,39 @@ async def lock_accounts(session: AsyncSession, account_ids: Iterable[UUID]) -> N
     ).scalars().all()
     if len(found) != len(ids):
         raise not_found("account")
+
+
+_DEFERRED = "registry.deferred_audit"
+
+
+async def _audit(session: AsyncSession, **record: Any) -> None:
+    """Append the credit service's audit record now, or at the end of the enclosing
+    :func:`deferred_audit` block."""
+    pending: list[dict[str, Any]] | None = session.info.get(_DEFERRED)
+    if pending is not None:
+        pending.append(record)
+    else:
+        await audit.append(session, **record)
+
+
+@asynccontextmanager
+async def deferred_audit(session: AsyncSession) -> AsyncIterator[None]:
+    """Inside this block the credit service's audit records are kept and appended, in order,
+    when the block ends without error: a batch caller (the order book) takes the audit
+    chain's global lock only at the end of its transaction, after its row locks and writes,
+    so concurrent batches of other products are not serialised on it for their whole
+    duration. On error nothing is appended (the transaction rolls back anyway)."""
+    if _DEFERRED in session.info:  # nested: the outer block appends
+        yield
+        return
+    pending: list[dict[str, Any]] = []
+    session.info[_DEFERRED] = pending
+    try:
+        yield
+    finally:
+        session.info.pop(_DEFERRED, None)
+    for record in pending:
+        await audit.append(session, **record)
 
 
 async def trading_refusals(session: AsyncSession, organisation_ids: Iterable[UUID]
@@ -219,7 +253,7 @@ async def _lock_many(session: AsyncSession, requests: Sequence[LockRequest],
         async with session.begin_nested():  # all or nothing across segments
             for seg in segments:
                 await _lock_segment(session, requests, ids, parts, seg, at)
-    await audit.append(
+    await _audit(
         session, actor="registry", action="credits.lock", entity="registry_lock",
         entity_id=str(ids[0]), now=at,
         data={"locks": [{"id": str(lid), "account_id": str(r.account_id),
@@ -349,7 +383,7 @@ async def unlock_many(session: AsyncSession, lock_ids: Sequence[UUID], *,
         update(Lock).where(Lock.id.in_(ids)).values(state="released", closed_at=at)
         .execution_options(synchronize_session=False)
     )
-    await audit.append(session, actor="registry", action="credits.unlock",
+    await _audit(session, actor="registry", action="credits.unlock",
                        entity="registry_lock", entity_id=str(ids[0]), now=at,
                        data={"locks": [str(i) for i in ids]})
 
@@ -419,7 +453,7 @@ async def deliver_many(
             "to_account_id = u.to_acc FROM unnest(CAST(:ids AS uuid[]), "
             "CAST(:to_acc AS uuid[])) AS u(id, to_acc) WHERE l.id = u.id"),
             {"at": at, "ids": closed, "to_acc": [last[lid] for lid in closed]})
-    await audit.append(
+    await _audit(
         session, actor="registry", action="credits.deliver", entity="registry_lock",
         entity_id=str(deliveries[0].lock_id), now=at,
         data={"deliveries": [{"lock_id": str(t.via_lock), "from": str(t.from_account),
@@ -499,7 +533,7 @@ async def cancel_locked(
         update(Lock).where(Lock.id == lock_id).values(state="cancelled", closed_at=at)
         .execution_options(synchronize_session=False)
     )
-    await audit.append(session, actor="registry", action="credits.cancel",
+    await _audit(session, actor="registry", action="credits.cancel",
                        entity="registry_cancellation", entity_id=str(cancellation.id), now=at,
                        data={"lock_id": str(lock_id), "quantity": quantity,
                              "purpose": purpose, "beneficiary": beneficiary})

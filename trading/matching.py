@@ -444,7 +444,17 @@ async def place(session: AsyncSession, product_key: str, orders: Sequence[NewOrd
     A refused order (wrong band, staff account, too few funds or credits, ...) changes
     nothing; with ``raise_first`` its error propagates (the caller's transaction rolls back),
     else it is reported in its :class:`Placed` and the others proceed.
+
+    The registry's audit records of the batch are appended at its end, with the book's own,
+    so the audit chain's global lock is held only for the tail of the transaction.
     """
+    async with registry_credits.deferred_audit(session):
+        return await _place(session, product_key, orders, actor=actor, now=now,
+                            raise_first=raise_first)
+
+
+async def _place(session: AsyncSession, product_key: str, orders: Sequence[NewOrder], *,
+                 actor: str, now: datetime | None, raise_first: bool) -> list[Placed]:
     at = now or clock.now()
     rules = await service.market_rules(session)
     today = await service.require_session(session, rules, at)

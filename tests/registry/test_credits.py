@@ -483,3 +483,38 @@ async def test_art30_lock_with_deliveries_at_once_writes_each_block_once(
         rest = await service.move_locked(s, part.id, to_account_id=x.account_id)
         assert [b.serial for b in rest] == [f"CQCER-{inst.issued[0].project_no}-1-2024-6-8"]
         assert await reconcile(s) == []
+
+
+async def test_deferred_audit_appends_the_credit_records_at_the_end_or_not_at_all(
+        runtime: Runtime) -> None:
+    """A batch caller may defer the credit service's audit records to the end of a block
+    (the audit chain's global lock is then taken last); they are appended in call order, and
+    not at all when the block fails."""
+    from registry import credits
+
+    async def n(s: AsyncSession) -> int:
+        return int((await s.execute(text(
+            "SELECT count(*) FROM audit_log WHERE action LIKE 'credits.%'"))).scalar_one())
+
+    async with runtime.db.transaction() as s:
+        _, account, _ = await holder_with(s, 10)
+        before = await n(s)
+        async with credits.deferred_audit(s):
+            lk = await service.lock(s, account_id=account, quantity=3, purpose="trade",
+                                    reference="deferred")
+            await service.unlock(s, lk.id)
+            assert await n(s) == before  # nothing appended yet
+        assert await n(s) == before + 2
+        actions = (await s.execute(text(
+            "SELECT action FROM audit_log ORDER BY id DESC LIMIT 2"))).scalars().all()
+        assert list(actions) == ["credits.unlock", "credits.lock"]
+    async with runtime.db.transaction() as s:
+        before = await n(s)
+        with pytest.raises(Conflict):
+            async with credits.deferred_audit(s):
+                await service.lock(s, account_id=account, quantity=2, purpose="trade",
+                                   reference="deferred-2")
+                await service.lock(s, account_id=account, quantity=99, purpose="trade",
+                                   reference="too-much")
+        assert await n(s) == before
+        assert "registry.deferred_audit" not in s.info
