@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock
@@ -59,12 +59,20 @@ def block_view(b: Block) -> BlockView:
     )
 
 
+def _any(column: Any, name: str, ids: Iterable[UUID]) -> Any:
+    """``column = ANY(:name)`` with one uuid[] parameter: the statement's text (and the
+    driver's prepared plan) stays the same whatever the number of ids (``IN`` expands to one
+    parameter per id, a new statement for each count)."""
+    return column == any_(bindparam(name, list(ids), type_=ARRAY(Uuid())))
+
+
 async def lock_accounts(session: AsyncSession, account_ids: Iterable[UUID]) -> None:
     """Take the row locks of these accounts, in id order (no deadlock between two movers)."""
     ids = sorted(set(account_ids))
     found = (
         await session.execute(
-            select(Account.id).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
+            select(Account.id).where(_any(Account.id, "ids", ids)).order_by(Account.id)
+            .with_for_update()
         )
     ).scalars().all()
     if len(found) != len(ids):
@@ -177,7 +185,7 @@ async def held_quantities(
     statement. Stable for as long as the caller holds the accounts' row locks."""
     ids = sorted(set(account_ids))
     size = Block.serial_end - Block.serial_start + 1
-    cond = [Block.account_id.in_(ids), Block.state == "held"]
+    cond = [_any(Block.account_id, "ids", ids), Block.state == "held"]
     if product is not None:
         cond.append(Block.category == product.category)
         if product.vintage is not None:
@@ -344,13 +352,13 @@ async def _active_locks(session: AsyncSession, lock_ids: Sequence[UUID],
     ``other_accounts``') row locks taken in id order; every one must be active."""
     wanted = set(lock_ids)
     holders = dict((await session.execute(
-        select(Lock.id, Lock.account_id).where(Lock.id.in_(wanted))
+        select(Lock.id, Lock.account_id).where(_any(Lock.id, "ids", wanted))
     )).all())
     if len(holders) != len(wanted):
         raise not_found("lock")
     await lock_accounts(session, [*holders.values(), *other_accounts])
     rows = {r.id: r for r in (await session.execute(
-        select(Lock.id, Lock.account_id, Lock.state).where(Lock.id.in_(wanted))
+        select(Lock.id, Lock.account_id, Lock.state).where(_any(Lock.id, "ids", sorted(wanted)))
         .order_by(Lock.id).with_for_update()
     )).all()}
     for r in rows.values():

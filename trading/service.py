@@ -18,9 +18,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import select, text
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import audit, clock, crypto
@@ -268,6 +269,12 @@ async def require_not_barred(session: AsyncSession, organisation_ids: Iterable[U
         raise staff_barred()
 
 
+def _any(column: Any, ids: Sequence[UUID]) -> Any:
+    """``column = ANY(:ids)``, one uuid[] parameter: one statement text (and prepared plan)
+    whatever the batch's number of accounts."""
+    return column == any_(bindparam("ids", list(ids), type_=ARRAY(Uuid())))
+
+
 async def prelock(session: AsyncSession, account_ids: Iterable[UUID]
                   ) -> dict[UUID, TradingAccount]:
     """Take, in the house order, the registry accounts' and then the trading accounts' row
@@ -276,7 +283,7 @@ async def prelock(session: AsyncSession, account_ids: Iterable[UUID]
     if not ids:
         return {}
     reg = (await session.execute(
-        select(TradingAccount.registry_account_id).where(TradingAccount.id.in_(ids))
+        select(TradingAccount.registry_account_id).where(_any(TradingAccount.id, ids))
     )).scalars().all()
     if len(reg) != len(ids):
         raise not_found("account")
@@ -286,7 +293,7 @@ async def prelock(session: AsyncSession, account_ids: Iterable[UUID]
 
 async def load_accounts(session: AsyncSession, ids: Sequence[UUID]) -> dict[UUID, TradingAccount]:
     rows = (await session.execute(
-        select(TradingAccount).where(TradingAccount.id.in_(sorted(ids)))
+        select(TradingAccount).where(_any(TradingAccount.id, sorted(ids)))
         .order_by(TradingAccount.id).with_for_update()
         .execution_options(populate_existing=True)
     )).scalars().all()
