@@ -68,7 +68,7 @@ async def verify_schema(db: Database, check_current: SchemaCheck) -> str:
     from app.errors import _is_backend_down
 
     try:
-        await asyncio.wait_for(check_current(db), timeout=CHECK_TIMEOUT_S * 3)
+        await asyncio.wait_for(check_current(db), timeout=CHECK_TIMEOUT_S * 1.5)
     except Exception as exc:
         if not _is_backend_down(exc):
             raise

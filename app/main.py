@@ -35,6 +35,10 @@ def background_tasks(settings: Settings) -> list[BackgroundTask]:
         from points.jobs import run_scheduler as run_points_scheduler
 
         tasks.append(run_points_scheduler)
+    with contextlib.suppress(ImportError):
+        from mall.jobs import run_voucher_expiry
+
+        tasks.append(run_voucher_expiry)
     return tasks
 
 
@@ -51,6 +55,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         rt = runtime or await open_runtime(settings)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
+        watcher: asyncio.Task[None] | None = None
         try:
             # A database that is behind refuses the start; one that is down does not: the
             # process serves not-ready (503) until it is back and verified at head.
@@ -58,16 +63,20 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             app.state.runtime = rt
             log.info("serving", **rt.describe())
             if app.state.schema != "ok":
-                tasks.append(asyncio.create_task(
-                    health.watch_schema(app, rt.db, check_current, stop), name="schema-watch"))
+                watcher = asyncio.create_task(
+                    health.watch_schema(app, rt.db, check_current, stop), name="schema-watch")
             if own:
-                tasks += [
+                tasks = [
                     asyncio.create_task(t(rt, stop), name=getattr(t, "__module__", "task"))
                     for t in background_tasks(settings)
                 ]
             yield
         finally:
             stop.set()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             for t in tasks:
                 with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(t, timeout=10)

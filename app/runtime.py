@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from app.bus import TOPICS, BusUnavailable, topic_name
 from app.db import Database
@@ -59,7 +59,9 @@ class Runtime:
             await self.bus.stop()
         finally:
             try:
-                await self.redis.aclose()
+                # The pool too, even when it was passed in: the embedded Redis stops only
+                # once it counts no other client.
+                await self.redis.aclose(close_connection_pool=True)
                 await self.db.dispose()
             finally:
                 if self.embedded is not None:
@@ -120,7 +122,12 @@ async def open_runtime(settings: Settings, *, start_bus: bool = True) -> Runtime
         redis_url = settings.redis_url or (embedded and embedded.redis_url)
         assert db_url and redis_url
         db = Database(db_url, pool_size=settings.db_pool_size)
-        redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
+        # A blocking pool: a burst waits briefly for a connection instead of failing at the cap.
+        pool = BlockingConnectionPool.from_url(
+            redis_url, max_connections=200, timeout=5, socket_timeout=5,
+            socket_connect_timeout=3,
+        )
+        redis = Redis(connection_pool=pool)
         bus = make_bus(settings, db)
     except BaseException:
         if embedded is not None:

@@ -85,6 +85,11 @@ class KafkaBus:
         self._lock = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
 
+    def group_id(self, group: str) -> str:
+        """Consumer groups are namespaced like topics, so deployments (and test runs) that
+        share a cluster never join each other's groups."""
+        return self.prefix + group
+
     def describe(self) -> str:
         return (f"kafka at {self.bootstrap} (topics {self.prefix}*, "
                 f"{self.partitions} partitions each)")
@@ -242,7 +247,9 @@ class KafkaBus:
                     return 0
                 end = await _log_end_offsets(offsets, tps)
                 start = await offsets.beginning_offsets(tps)
-                committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+                committed = await admin.list_consumer_group_offsets(
+                    self.group_id(group), partitions=tps
+                )
         except _DOWN as exc:
             raise BusUnavailable(f"Kafka lag unavailable: {type(exc).__name__}") from exc
         total = 0
@@ -306,7 +313,7 @@ class KafkaConsumer:
         consumer = AIOKafkaConsumer(
             self.topic,
             bootstrap_servers=self.bus.bootstrap,
-            group_id=self.group,
+            group_id=self.bus.group_id(self.group),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=session,
@@ -316,12 +323,14 @@ class KafkaConsumer:
             fetch_max_wait_ms=100,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
+        # A join waits for the group's rebalance, which lasts at most a session timeout.
         try:
-            await consumer.start()
+            await asyncio.wait_for(consumer.start(), 2 * session / 1000 + self.bus.timeout_s)
         except _DOWN as exc:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-            raise BusUnavailable(f"cannot join group {self.group}: {type(exc).__name__}") from exc
+            raise BusUnavailable(f"cannot join group {self.group}: {type(exc).__name__}") \
+                from exc
         self._consumer = consumer
 
     @property
@@ -338,7 +347,7 @@ class KafkaConsumer:
         consumer, self._consumer = self._consumer, None
         if consumer is None:
             return
-        await _leave_generation_zero(consumer, self.group)
+        await _leave_generation_zero(consumer, self.bus.group_id(self.group))
         await consumer.stop()
 
     async def get_batch(self, max_messages: int, timeout_s: float) -> Batch | None:

@@ -59,6 +59,12 @@ def topic() -> str:
     return topic_name(get_settings(), f"contract.{secrets.token_hex(4)}")
 
 
+@pytest.fixture
+def group() -> str:
+    """A group of this test only (Kafka groups span topics; the bus adds the run's prefix)."""
+    return f"points-{secrets.token_hex(4)}"
+
+
 def msgs(n: int, *, keys: int = 10, tag: str = "") -> list[Message]:
     """``n`` messages over ``keys`` keys; values say key and per-key sequence number."""
     seq: dict[int, int] = defaultdict(int)
@@ -109,36 +115,38 @@ def pairs(messages: Sequence[Message]) -> list[tuple[bytes, bytes]]:
     return sorted((m.key, m.value) for m in messages)
 
 
-async def test_round_trip_preserves_key_and_bytes(bus: Bus, topic: str) -> None:
+async def test_round_trip_preserves_key_and_bytes(bus: Bus, topic: str, group: str) -> None:
     binary = Message(b"citizen-\x00\xff", bytes(range(256)))
     sent = [*msgs(120), binary, Message(b"citizen-empty", b"")]
     await bus.publish(topic, sent)
-    assert await bus.lag(topic, "points") == len(sent)
-    c = await started(bus, topic, "points")
+    assert await bus.lag(topic, group) == len(sent)
+    c = await started(bus, topic, group)
     try:
         got = await drain(c, len(sent), commit=True)
     finally:
         await c.stop()
     assert pairs(got) == pairs(sent)
-    assert await bus.lag(topic, "points") == 0
+    assert await bus.lag(topic, group) == 0
 
 
-async def test_publish_of_nothing_is_a_no_op(bus: Bus, topic: str) -> None:
+async def test_publish_of_nothing_is_a_no_op(bus: Bus, topic: str, group: str) -> None:
     await bus.publish(topic, [])
-    assert await bus.lag(topic, "points") == 0
+    assert await bus.lag(topic, group) == 0
 
 
-async def test_uncommitted_batch_comes_back_to_the_next_consumer(bus: Bus, topic: str) -> None:
+async def test_uncommitted_batch_comes_back_to_the_next_consumer(
+    bus: Bus, topic: str, group: str
+) -> None:
     """A consumer that stops (or dies) without committing loses nothing."""
     sent = msgs(60)
     await bus.publish(topic, sent)
-    first = await started(bus, topic, "points")
+    first = await started(bus, topic, group)
     try:
         taken = await drain(first, len(sent), commit=False)
         assert pairs(taken) == pairs(sent)
     finally:
         await first.stop()
-    second = await started(bus, topic, "points")
+    second = await started(bus, topic, group)
     try:
         again = await drain(second, len(sent), commit=True)
     finally:
@@ -146,16 +154,16 @@ async def test_uncommitted_batch_comes_back_to_the_next_consumer(bus: Bus, topic
     assert pairs(again) == pairs(sent)
 
 
-async def test_committed_batch_is_not_redelivered(bus: Bus, topic: str) -> None:
+async def test_committed_batch_is_not_redelivered(bus: Bus, topic: str, group: str) -> None:
     await bus.publish(topic, msgs(40))
-    first = await started(bus, topic, "points")
+    first = await started(bus, topic, group)
     try:
         assert len(await drain(first, 40, commit=True)) == 40
     finally:
         await first.stop()
     later = msgs(5, tag="later-")
     await bus.publish(topic, later)
-    second = await started(bus, topic, "points")
+    second = await started(bus, topic, group)
     try:
         got = await drain(second, 5, commit=True)
         assert await second.get_batch(100, 1.0) is None
@@ -164,10 +172,10 @@ async def test_committed_batch_is_not_redelivered(bus: Bus, topic: str) -> None:
     assert pairs(got) == pairs(later)
 
 
-async def test_abandoned_batch_is_delivered_again(bus: Bus, topic: str) -> None:
+async def test_abandoned_batch_is_delivered_again(bus: Bus, topic: str, group: str) -> None:
     sent = msgs(30)
     await bus.publish(topic, sent)
-    c = await started(bus, topic, "points")
+    c = await started(bus, topic, group)
     try:
         taken: Batch | None = None
         while taken is None:
@@ -181,12 +189,12 @@ async def test_abandoned_batch_is_delivered_again(bus: Bus, topic: str) -> None:
 
 
 async def test_two_consumers_share_the_load_without_duplicates_or_reordering(
-    bus: Bus, topic: str
+    bus: Bus, topic: str, group: str
 ) -> None:
     """Two members of one group, concurrently: each message goes to exactly one of them, and
     one key's messages are received in publish order (a key never races itself)."""
-    a = await started(bus, topic, "points")
-    b = await started(bus, topic, "points")
+    a = await started(bus, topic, group)
+    b = await started(bus, topic, group)
     received: list[tuple[str, Message]] = []  # in the order batches arrived, across both
     try:
         await joined(a, b)
@@ -220,11 +228,11 @@ async def test_two_consumers_share_the_load_without_duplicates_or_reordering(
     assert all(s == sorted(s) for s in seqs.values())
 
 
-async def test_one_key_keeps_its_order(bus: Bus, topic: str) -> None:
+async def test_one_key_keeps_its_order(bus: Bus, topic: str, group: str) -> None:
     sent = msgs(500, keys=3)
     for i in range(0, len(sent), 50):
         await bus.publish(topic, sent[i : i + 50])
-    c = await started(bus, topic, "points")
+    c = await started(bus, topic, group)
     try:
         got = await drain(c, len(sent), commit=True, max_messages=64)
     finally:
