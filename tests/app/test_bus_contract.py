@@ -4,6 +4,7 @@ Tansu broker at ``TANHUI_TEST_KAFKA``). Every test runs against both, on real se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import time
@@ -12,12 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.bus import Batch, Bus, BusUnavailable, Consumer, Message, topic_name
 from app.bus.kafka import KafkaBus, KafkaConsumer
 from app.bus.pgqueue import PgQueueBus
 from app.db import Database
 from app.runtime import Runtime
+from app.services_cli import tansu_binary
 from app.settings import Settings, get_settings
 from tests.conftest import KAFKA_BOOTSTRAP
 
@@ -264,3 +267,57 @@ async def test_publish_to_a_down_bus_raises_quickly(kind: str) -> None:
         await down.ping()
     assert time.monotonic() - started_at < 8
     await down.stop()
+
+
+async def test_kafka_broker_down_then_back_empty(topic: str) -> None:
+    """A private memory-only Tansu: publishing while it is down fails within the timeout;
+    once it is back (empty, as after any restart) the bus creates the topic again, with its
+    partitions, and publishing works."""
+    port = free_port()
+    binary = str(tansu_binary())
+    url = f"tcp://127.0.0.1:{port}"
+
+    async def broker() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                return proc
+            await asyncio.sleep(0.05)
+        raise AssertionError("Tansu did not start")
+
+    proc = await broker()
+    bus = KafkaBus(kafka_settings(f"127.0.0.1:{port}"), topics=[topic], timeout_s=2)
+    try:
+        await bus.start()
+        await bus.publish(topic, msgs(20))
+        assert await bus.lag(topic, "g") == 20
+
+        proc.kill()
+        await proc.wait()
+        started_at = time.monotonic()
+        with pytest.raises(BusUnavailable):
+            await bus.publish(topic, msgs(5))
+        assert time.monotonic() - started_at < 4
+        with pytest.raises(BusUnavailable):
+            await bus.ping()
+
+        proc = await broker()
+        await bus.publish(topic, msgs(30))
+        await bus.ping()
+        assert await bus.lag(topic, "g") >= 30  # a retried record may be stored twice
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        await admin.start()
+        try:
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        assert len(described["partitions"]) == 8
+    finally:
+        await bus.stop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
