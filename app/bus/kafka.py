@@ -42,6 +42,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
+    KafkaTimeoutError,
     RebalanceInProgressError,
 )
 from aiokafka.partitioner import DefaultPartitioner
@@ -227,10 +228,10 @@ class KafkaBus:
             batch = producer.create_batch()
             for m in items:
                 if batch.append(key=m.key, value=m.value, timestamp=None) is None:
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    futures.append(await _enqueue(producer, batch, topic, partition))
                     batch = producer.create_batch()
                     batch.append(key=m.key, value=m.value, timestamp=None)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            futures.append(await _enqueue(producer, batch, topic, partition))
         return futures
 
     # -- consume ---------------------------------------------------------------------------
@@ -300,6 +301,26 @@ async def _log_end_offsets(
         await client.getmany(*pending, timeout_ms=200)
         pending = {tp for tp in pending if client.highwater(tp) is None}
     return {tp: max(listed[tp], client.highwater(tp) or 0) for tp in tps}
+
+
+async def _enqueue(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
+) -> asyncio.Future[Any]:
+    """Queue a record batch for one partition, waiting while another publish's batch for it
+    is still queued (the accumulator holds one per partition).
+
+    aiokafka 0.14 raises KafkaTimeoutError from that wait too early under contention (it
+    subtracts the total elapsed time again on every loop); the batch was not queued then, so
+    it is offered again. ``publish``'s deadline bounds the whole.
+    """
+    while True:
+        try:
+            future: asyncio.Future[Any] = await producer.send_batch(
+                batch, topic, partition=partition
+            )
+            return future
+        except KafkaTimeoutError:
+            await asyncio.sleep(0)
 
 
 async def _close(client: Any) -> None:

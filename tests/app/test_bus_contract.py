@@ -132,6 +132,22 @@ async def test_round_trip_preserves_key_and_bytes(bus: Bus, topic: str, group: s
     assert await bus.lag(topic, group) == 0
 
 
+async def test_concurrent_publishers_are_all_acknowledged(
+    bus: Bus, topic: str, group: str
+) -> None:
+    """Many requests publish at once (the ingestion hot path): every batch is acknowledged
+    and stored once."""
+    batches = [msgs(1000, keys=500, tag=f"{i}-") for i in range(40)]
+    await asyncio.gather(*(bus.publish(topic, b) for b in batches))
+    assert await bus.lag(topic, group) == 40 * 1000
+    c = await started(bus, topic, group)
+    try:
+        got = await drain(c, 40 * 1000, commit=True, max_messages=5000)
+    finally:
+        await c.stop()
+    assert pairs(got) == pairs([m for b in batches for m in b])
+
+
 async def test_publish_of_nothing_is_a_no_op(bus: Bus, topic: str, group: str) -> None:
     await bus.publish(topic, [])
     assert await bus.lag(topic, group) == 0
