@@ -3,7 +3,8 @@
 On the configured database, in a scratch schema holding clones of the ledger's tables (same
 columns, constraints, indexes, foreign keys and the immutability trigger; dropped at the end):
 
-1. ``credit_batch`` rows/s (batches of ``--batch`` over ``--rows`` events spread over
+1. ``credit_batch`` rows/s into a ledger already holding ``--prefill`` entries (batches of
+   ``--batch`` over ``--rows`` events spread over
    ``--citizens`` citizens, one transaction per batch, as the points worker does) against a
    raw ``COPY`` of the same rows, in batches of the same size, into an unindexed table;
 2. ``expire_due`` over ``--lots`` due lots (set up with ``INSERT ... SELECT generate_series``)
@@ -83,7 +84,34 @@ def _credits(n: int, citizens: list[uuid.UUID], scene: uuid.UUID) -> list[Any]:
     ]
 
 
-async def _bench_credit(sessions: Any, rows: int, batch: int, citizens: int) -> dict[str, float]:
+async def _prefill(conn: Any, entries: int) -> None:
+    """Fill the ledger with ``entries`` credit entries (and their lots) over the accounts
+    there are, set-based, so the timed credits land in a ledger of realistic size."""
+    at = NOW - timedelta(days=2)
+    rule = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO points_entries (account_id, kind, points, created_at, scene_id,"
+        " event_id, behaviour, occurred_at, grams, grams_per_point,"
+        " reduction_rule_version_id, conversion_rule_version_id)"
+        " SELECT a.ids[1 + g % array_length(a.ids, 1)], 'credit', 1, $2, $3,"
+        " md5(g::text), 'metro_ride', $2, 1000, 1000, $4, $4"
+        " FROM generate_series(1, $1) AS g,"
+        " (SELECT array_agg(id) AS ids FROM points_accounts) AS a",
+        entries, at, uuid.uuid4(), rule)
+    await conn.execute(
+        "INSERT INTO points_lots (account_id, entry_id, points, remaining, credited_at,"
+        " expires_at) SELECT account_id, id, 1, 1, $1, $2 FROM points_entries"
+        " WHERE created_at = $1", at, at + timedelta(days=5 * 365))
+    await conn.execute(
+        "UPDATE points_accounts a SET available = a.available + l.s FROM"
+        " (SELECT account_id, sum(remaining) AS s FROM points_lots WHERE credited_at = $1"
+        "  GROUP BY account_id) l WHERE a.id = l.account_id", at)
+    for table in ("points_entries", "points_lots", "points_accounts"):
+        await conn.execute(f"VACUUM ANALYZE {table}")
+
+
+async def _bench_credit(conn: Any, sessions: Any, rows: int, batch: int, citizens: int,
+                        prefill: int) -> dict[str, float]:
     from points import service
 
     people = [uuid.uuid4() for _ in range(citizens)]
@@ -91,12 +119,18 @@ async def _bench_credit(sessions: Any, rows: int, batch: int, citizens: int) -> 
     warm = _credits(batch, people, uuid.uuid4())  # creates most accounts, warms caches
     async with sessions() as s, s.begin():
         await service.credit_batch(s, warm, now=NOW)
+    if prefill:
+        await _prefill(conn, prefill)
     credits = _credits(rows, people, scene)
     started = time.perf_counter()
+    times = []
     for i in range(0, rows, batch):
+        t0 = time.perf_counter()
         async with sessions() as s, s.begin():
             await service.credit_batch(s, credits[i:i + batch], now=NOW)
+        times.append(time.perf_counter() - t0)
     credit_s = time.perf_counter() - started
+    tenth = max(1, len(times) // 10)
 
     records = [(c.citizen_id, c.scene_id, c.event_id, c.behaviour, c.occurred_at, c.grams,
                 c.grams_per_point, c.reduction_rule_version_id, c.conversion_rule_version_id)
@@ -116,7 +150,10 @@ async def _bench_credit(sessions: Any, rows: int, batch: int, citizens: int) -> 
             await raw.driver_connection.copy_records_to_table(
                 "raw_credits", records=records[i:i + batch], columns=columns)
     copy_s = time.perf_counter() - started
-    return {"credit_rows_per_s": rows / credit_s, "copy_rows_per_s": rows / copy_s}
+    return {"credit_rows_per_s": rows / credit_s, "copy_rows_per_s": rows / copy_s,
+            # the first and the last tenth of the batches: a ledger-size dependence shows
+            "credit_first_ms": 1000 * statistics.mean(times[:tenth]),
+            "credit_last_ms": 1000 * statistics.mean(times[-tenth:])}
 
 
 async def _bench_expiry(conn: Any, sessions: Any, lots: int, accounts: int) -> dict[str, float]:
@@ -190,6 +227,8 @@ def command(
     rows: Annotated[int, typer.Option(help="events credited through credit_batch")] = 200_000,
     batch: Annotated[int, typer.Option(help="events per credit_batch call")] = 5_000,
     citizens: Annotated[int, typer.Option(help="distinct citizens of those events")] = 50_000,
+    prefill: Annotated[int, typer.Option(
+        help="credit entries already in the ledger before the timed credits")] = 1_000_000,
     lots: Annotated[int, typer.Option(help="due lots expired in one run")] = 1_000_000,
     lot_accounts: Annotated[int, typer.Option(help="accounts those lots belong to")] = 20_000,
     entries: Annotated[int, typer.Option(help="entries of the statement's account")] = 10_000,
@@ -224,8 +263,9 @@ def command(
                         "search_path": f'"{schema}", "{src}"', "timezone": "UTC"}},
                 )
                 sessions = async_sessionmaker(bench_engine, expire_on_commit=False)
-                console.print(f"credit_batch: {rows:,} events in batches of {batch:,} ...")
-                figures = await _bench_credit(sessions, rows, batch, citizens)
+                console.print(f"credit_batch: {rows:,} events in batches of {batch:,}"
+                              f" into a ledger of {prefill:,} entries ...")
+                figures = await _bench_credit(conn, sessions, rows, batch, citizens, prefill)
                 console.print(f"expiry: {lots:,} due lots over {lot_accounts:,} accounts ...")
                 figures |= await _bench_expiry(conn, sessions, lots, lot_accounts)
                 console.print(f"statement: {samples} pages of {page} over {entries:,} ...")
@@ -244,6 +284,9 @@ def command(
         "credit_rows_per_s": round(f["credit_rows_per_s"]),
         "copy_rows_per_s": round(f["copy_rows_per_s"]),
         "credit_vs_copy": round(f["copy_rows_per_s"] / f["credit_rows_per_s"], 2),
+        "prefill": prefill,
+        "credit_first_batches_ms": round(f["credit_first_ms"], 1),
+        "credit_last_batches_ms": round(f["credit_last_ms"], 1),
         "expiry_lots": lots,
         "expiry_s": round(f["expiry_s"], 3),
         "raw_update_s": round(f["raw_update_s"], 3),

@@ -122,11 +122,10 @@ class Lot(Base):
             name="valid_at_most_5_years",
         ),
         Index(
-            "ix_points_lots_live", "account_id", "expires_at", "id",
-            postgresql_where=text("remaining > 0"),
+            "ix_points_lots_account", "account_id", "expires_at", "id",
+            postgresql_include=["remaining"],
         ),
         Index("ix_points_lots_due", "expires_at", postgresql_where=text("remaining > 0")),
-        Index("ix_points_lots_account_id", "account_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

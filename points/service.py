@@ -236,22 +236,99 @@ async def credit_batch(
         crvs.append(c.conversion_rule_version_id)
         ords.append(i)
     driver = await _driver(session)
-    distinct_citizens = list(set(citizens))
-    await driver.execute(sql.LOCK_ACCOUNTS, distinct_citizens, now)
-    rows = await driver.fetch(
-        sql.CREDIT_BATCH, citizens, scenes, events, behaviours, occurred, grams, rates,
-        rrvs, crvs, now, expires_at, ords,
+    accounts = await _lock_accounts(driver, citizens, now)
+    dup = {r[0] for r in await driver.fetch(sql.LEDGER_DUPLICATES, scenes, events, ords)}
+    fresh = [k for k in range(len(ords)) if ords[k] not in dup]
+    account_of = [accounts[citizens[k]][0] for k in fresh]
+    points, carries = _convert(
+        account_of, [occurred[k] for k in fresh], [ords[k] for k in fresh],
+        [grams[k] for k in fresh], [rates[k] for k in fresh],
+        {a: c for a, c in accounts.values()},
     )
-    if rows and rows[0]["inserted"] != len(rows):
-        # Only another citizen's event with the same (scene, event id), committed between
+    # Insert in (account, occurred_at, order) order: each account's entries get ascending ids.
+    order = sorted(range(len(account_of)),
+                   key=lambda j: (account_of[j], occurred[fresh[j]], ords[fresh[j]]))
+    picked = [fresh[j] for j in order]
+    inserted = 0
+    if picked:
+        inserted = await driver.fetchval(
+            sql.CREDIT_BATCH, [account_of[j] for j in order], [scenes[k] for k in picked],
+            [events[k] for k in picked], [behaviours[k] for k in picked],
+            [occurred[k] for k in picked], [grams[k] for k in picked],
+            [rates[k] for k in picked], [rrvs[k] for k in picked], [crvs[k] for k in picked],
+            now, expires_at, [points[j] for j in order], list(carries), list(carries.values()),
+        )
+    if inserted != len(picked):
+        # Only another transaction's event with the same (scene, event id), committed between
         # the duplicate check and the insert, gets here; the carry would be off by it.
         raise ConcurrentCredit()
-    new_ords = {r["ord"] for r in rows}
+    new_ords = {ords[k] for k in picked}
     new: list[tuple[UUID, str]] = []
     duplicates: list[tuple[UUID, str]] = []
     for i, c in enumerate(credits):
         (new if i in new_ords else duplicates).append((c.scene_id, c.event_id))
-    return CreditResult(new=new, duplicates=duplicates, points=sum(r["points"] for r in rows))
+    return CreditResult(new=new, duplicates=duplicates, points=sum(points))
+
+
+async def _lock_accounts(
+    driver: asyncpg.Connection, citizens: list[UUID], now: datetime
+) -> dict[UUID, tuple[UUID, int]]:
+    """Lock (creating the missing ones) the citizens' accounts in ascending citizen order;
+    citizen → (account id, gram carry) as locked."""
+    wanted = sorted(set(citizens))
+    found: dict[UUID, tuple[UUID, int]] = {}
+    while wanted:
+        rows = await driver.fetch(sql.LOCK_ACCOUNTS, wanted, now)
+        for citizen, account, carry in rows:
+            found[citizen] = (account, carry)
+        # An account another transaction created after the statement's snapshot: again.
+        wanted = [c for c in wanted if c not in found]
+    return found
+
+
+def _convert(
+    accounts: list[UUID], occurred: list[datetime], ords: list[int], grams: list[int],
+    rates: list[int], carry0: dict[UUID, int],
+) -> tuple[list[int], dict[UUID, int]]:
+    """Points of each fresh credit and each credited account's new gram carry (Art. 31/34,
+    rounding never loses a citizen's grams).
+
+    Per account, the credits at the rate (grams per point) of its latest credit (by
+    occurred_at, then batch order) convert ``carry + grams`` with a running sum, so credits
+    at one rate yield exactly floor((carry + sum of grams) / rate) points and leave the rest
+    as the new carry; grams left over by credits at another rate in the same batch join the
+    carry first (they are converted at the latest rate)."""
+    parts: dict[tuple[UUID, int], list[int]] = {}
+    for j, account in enumerate(accounts):
+        parts.setdefault((account, rates[j]), []).append(j)
+    latest: dict[UUID, tuple[datetime, int, int]] = {}  # account → (at, ord, rate)
+    rest_all: dict[UUID, int] = {}
+    totals: dict[tuple[UUID, int], int] = {}
+    for (account, rate), js in parts.items():
+        js.sort(key=lambda j: (occurred[j], ords[j]))
+        total = sum(grams[j] for j in js)
+        totals[(account, rate)] = total
+        rest_all[account] = rest_all.get(account, 0) + total % rate
+        last = (max(occurred[j] for j in js), max(ords[j] for j in js), rate)
+        if account not in latest or last > latest[account]:
+            latest[account] = last
+    points = [0] * len(accounts)
+    carries: dict[UUID, int] = {}
+    for (account, rate), js in parts.items():
+        last_rate = latest[account][2]
+        if rate == last_rate:
+            init = carry0[account] + rest_all[account] - totals[(account, rate)] % rate
+            carries[account] = (init + totals[(account, rate)]) % rate
+        else:
+            init = 0
+        before = 0  # floor of the running sum before this credit, as credited so far
+        running = init
+        for n, j in enumerate(js):
+            running += grams[j]
+            now_floor = running // rate
+            points[j] = now_floor - (before if n else 0)
+            before = now_floor
+    return points, carries
 
 
 # --------------------------------------------------------------------------- holds

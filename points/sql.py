@@ -6,9 +6,11 @@ accounts (ascending ``citizen_id``) → holds → lots.
 
 from __future__ import annotations
 
-# Lock the batch's accounts in ascending citizen order and create the missing ones (the
-# rows a transaction inserts are its own until it commits). Existing accounts are skipped
-# without a speculative insertion.
+# Lock the batch's accounts in ascending citizen order, creating the missing ones, and
+# return (citizen_id, id, gram_carry) of each: the credit computes with these locked values.
+# An account created by this statement is returned by its RETURNING (the statement's own
+# snapshot does not see it); one another transaction created after this statement's snapshot
+# is missing from the answer, and the caller locks it by a second call.
 LOCK_ACCOUNTS = """
 WITH created AS (
     INSERT INTO points_accounts (id, citizen_id, created_at)
@@ -16,59 +18,45 @@ WITH created AS (
     WHERE NOT EXISTS (SELECT 1 FROM points_accounts a WHERE a.citizen_id = c)
     ORDER BY c
     ON CONFLICT (citizen_id) DO NOTHING
+    RETURNING citizen_id, id, gram_carry
+), locked AS (
+    SELECT citizen_id, id, gram_carry FROM points_accounts
+    WHERE citizen_id = ANY($1::uuid[]) ORDER BY citizen_id FOR UPDATE
 )
-SELECT 1 FROM points_accounts WHERE citizen_id = ANY($1::uuid[]) ORDER BY citizen_id FOR UPDATE
+SELECT citizen_id, id, gram_carry FROM locked
+UNION ALL
+SELECT citizen_id, id, gram_carry FROM created
 """
 
-# The credit batch, one statement, over events unique within the batch. ``fresh``: those not
-# yet in the ledger. Points from grams (Art. 31/34, rounding never loses a citizen's grams):
-# per account, the credits at the rate (grams per point) of its latest credit convert
-# ``carry + grams`` with a running sum, so credits at one rate yield exactly
-# floor((carry + sum of grams) / rate) points and leave the rest as the new carry; grams left
-# over by credits at another rate in the same batch join the carry first.
+# Which of the batch's (scene, event id) are already in the ledger. Each one is one probe of
+# the unique index (the LATERAL ... LIMIT 1 cannot become a hash or merge join over the whole
+# ledger), so the cost per batch does not grow with the ledger.
+LEDGER_DUPLICATES = """
+SELECT s.ord
+FROM unnest($1::uuid[], $2::text[], $3::int4[]) AS s(scene_id, event_id, ord)
+CROSS JOIN LATERAL (
+    SELECT 1 FROM points_entries e
+    WHERE e.scene_id = s.scene_id AND e.event_id = s.event_id
+    LIMIT 1
+) d
+"""
+
+# The credit batch, one statement, over fresh events (the caller computed each one's points
+# and each account's new carry, see ``points.service._convert``). The unique index stays the
+# final dedupe: an event inserted meanwhile by another transaction is skipped by
+# ON CONFLICT, ``inserted`` then falls short and the caller rolls the batch back. Lots and
+# balances come only from the rows actually inserted (RETURNING).
 CREDIT_BATCH = """
-WITH fresh AS (
-    SELECT s.*
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
-                $6::int8[], $7::int4[], $8::uuid[], $9::uuid[], $12::int4[])
-         AS s(citizen_id, scene_id, event_id, behaviour, occurred_at, grams, gpp, rrv, crv, ord)
-    WHERE NOT EXISTS (SELECT 1 FROM points_entries e
-                      WHERE e.scene_id = s.scene_id AND e.event_id = s.event_id)
-), j AS (
-    SELECT f.*, a.id AS account_id, a.gram_carry AS carry0,
-           (sum(f.grams) OVER w)::int8 AS cum,
-           row_number() OVER w AS rn
-    FROM fresh f JOIN points_accounts a ON a.citizen_id = f.citizen_id
-    WINDOW w AS (PARTITION BY a.id, f.gpp ORDER BY f.occurred_at, f.ord
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-), parts AS (
-    SELECT account_id, gpp, max(carry0) AS carry0, (sum(grams))::int8 AS total,
-           max(occurred_at) AS last_at, max(ord) AS last_ord
-    FROM j GROUP BY account_id, gpp
-), acct AS (
-    SELECT account_id, max(carry0) AS carry0,
-           (array_agg(gpp ORDER BY last_at DESC, last_ord DESC))[1] AS last_gpp,
-           (array_agg(total ORDER BY last_at DESC, last_ord DESC))[1] AS last_total,
-           (sum(total % gpp))::int8 AS rest_all,
-           (array_agg(total % gpp ORDER BY last_at DESC, last_ord DESC))[1] AS rest_last
-    FROM parts GROUP BY account_id
-), calc AS (
-    SELECT j.*,
-           (x.init + j.cum) / j.gpp
-           - CASE WHEN j.rn = 1 THEN 0 ELSE (x.init + j.cum - j.grams) / j.gpp END AS points
-    FROM j
-    JOIN acct USING (account_id)
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN j.gpp = acct.last_gpp
-                    THEN acct.carry0 + acct.rest_all - acct.rest_last ELSE 0 END AS init
-    ) x
-), ins AS (
+WITH ins AS (
     INSERT INTO points_entries (account_id, kind, points, created_at, scene_id, event_id,
                                 behaviour, occurred_at, grams, grams_per_point,
                                 reduction_rule_version_id, conversion_rule_version_id)
-    SELECT account_id, 'credit', points, $10, scene_id, event_id, behaviour, occurred_at,
-           grams, gpp, rrv, crv
-    FROM calc ORDER BY account_id, occurred_at, ord
+    SELECT s.account_id, 'credit', s.points, $10, s.scene_id, s.event_id, s.behaviour,
+           s.occurred_at, s.grams, s.gpp, s.rrv, s.crv
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
+                $6::int8[], $7::int4[], $8::uuid[], $9::uuid[], $12::int8[])
+         AS s(account_id, scene_id, event_id, behaviour, occurred_at, grams, gpp, rrv, crv,
+              points)
     ON CONFLICT (scene_id, event_id) DO NOTHING
     RETURNING id, account_id, points
 ), lots AS (
@@ -76,14 +64,12 @@ WITH fresh AS (
     SELECT account_id, id, points, points, $10, $11 FROM ins WHERE points > 0
 ), bal AS (
     UPDATE points_accounts a
-    SET available = a.available + t.pts,
-        gram_carry = (acct.carry0 + acct.rest_all - acct.rest_last + acct.last_total)
-                     % acct.last_gpp
+    SET available = a.available + t.pts, gram_carry = c.carry
     FROM (SELECT account_id, (sum(points))::int8 AS pts FROM ins GROUP BY account_id) t
-    JOIN acct USING (account_id)
+    JOIN unnest($13::uuid[], $14::int8[]) AS c(account_id, carry) USING (account_id)
     WHERE a.id = t.account_id
 )
-SELECT ord, points, (SELECT count(*) FROM ins) AS inserted FROM calc
+SELECT count(*) FROM ins
 """
 
 ACCOUNT_FOR_UPDATE = """
