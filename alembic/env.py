@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 
 from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
-
-import importlib
 
 from app.db import Base
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "0003"
