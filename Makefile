@@ -24,7 +24,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy app scenes points ingestion mall registry offsets trading loadtests
 
 bench: $(VENV)/.installed
-	scripts/with-kafka.sh $(VENV)/bin/tanhui bench all
+	scripts/bench.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
