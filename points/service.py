@@ -239,24 +239,23 @@ async def credit_batch(
     accounts = await _lock_accounts(driver, citizens, now)
     dup = {r[0] for r in await driver.fetch(sql.LEDGER_DUPLICATES, scenes, events, ords)}
     fresh = [k for k in range(len(ords)) if ords[k] not in dup]
-    account_of = [accounts[citizens[k]][0] for k in fresh]
+    # In (occurred_at, batch order) order: each account's entries get ascending ids, and the
+    # conversion runs through each account's credits in that order.
+    fresh.sort(key=lambda k: (occurred[k], ords[k]))
+    picked = fresh
+    account_of = [accounts[citizens[k]][0] for k in picked]
     points, carries = _convert(
-        account_of, [occurred[k] for k in fresh], [ords[k] for k in fresh],
-        [grams[k] for k in fresh], [rates[k] for k in fresh],
+        account_of, [grams[k] for k in picked], [rates[k] for k in picked],
         {a: c for a, c in accounts.values()},
     )
-    # Insert in (account, occurred_at, order) order: each account's entries get ascending ids.
-    order = sorted(range(len(account_of)),
-                   key=lambda j: (account_of[j], occurred[fresh[j]], ords[fresh[j]]))
-    picked = [fresh[j] for j in order]
     inserted = 0
     if picked:
         inserted = await driver.fetchval(
-            sql.CREDIT_BATCH, [account_of[j] for j in order], [scenes[k] for k in picked],
+            sql.CREDIT_BATCH, account_of, [scenes[k] for k in picked],
             [events[k] for k in picked], [behaviours[k] for k in picked],
             [occurred[k] for k in picked], [grams[k] for k in picked],
             [rates[k] for k in picked], [rrvs[k] for k in picked], [crvs[k] for k in picked],
-            now, expires_at, [points[j] for j in order], list(carries), list(carries.values()),
+            now, expires_at, points, list(carries), list(carries.values()),
         )
     if inserted != len(picked):
         # Only another transaction's event with the same (scene, event id), committed between
@@ -287,47 +286,46 @@ async def _lock_accounts(
 
 
 def _convert(
-    accounts: list[UUID], occurred: list[datetime], ords: list[int], grams: list[int],
-    rates: list[int], carry0: dict[UUID, int],
+    accounts: list[UUID], grams: list[int], rates: list[int], carry0: dict[UUID, int]
 ) -> tuple[list[int], dict[UUID, int]]:
-    """Points of each fresh credit and each credited account's new gram carry (Art. 31/34,
-    rounding never loses a citizen's grams).
+    """Points of each fresh credit (given in (occurred_at, batch order) order) and each
+    credited account's new gram carry (Art. 31/34, rounding never loses a citizen's grams).
 
-    Per account, the credits at the rate (grams per point) of its latest credit (by
-    occurred_at, then batch order) convert ``carry + grams`` with a running sum, so credits
-    at one rate yield exactly floor((carry + sum of grams) / rate) points and leave the rest
-    as the new carry; grams left over by credits at another rate in the same batch join the
-    carry first (they are converted at the latest rate)."""
-    parts: dict[tuple[UUID, int], list[int]] = {}
-    for j, account in enumerate(accounts):
-        parts.setdefault((account, rates[j]), []).append(j)
-    latest: dict[UUID, tuple[datetime, int, int]] = {}  # account → (at, ord, rate)
-    rest_all: dict[UUID, int] = {}
-    totals: dict[tuple[UUID, int], int] = {}
-    for (account, rate), js in parts.items():
-        js.sort(key=lambda j: (occurred[j], ords[j]))
-        total = sum(grams[j] for j in js)
-        totals[(account, rate)] = total
-        rest_all[account] = rest_all.get(account, 0) + total % rate
-        last = (max(occurred[j] for j in js), max(ords[j] for j in js), rate)
-        if account not in latest or last > latest[account]:
-            latest[account] = last
-    points = [0] * len(accounts)
-    carries: dict[UUID, int] = {}
-    for (account, rate), js in parts.items():
-        last_rate = latest[account][2]
-        if rate == last_rate:
-            init = carry0[account] + rest_all[account] - totals[(account, rate)] % rate
-            carries[account] = (init + totals[(account, rate)]) % rate
-        else:
-            init = 0
-        before = 0  # floor of the running sum before this credit, as credited so far
-        running = init
-        for n, j in enumerate(js):
-            running += grams[j]
-            now_floor = running // rate
-            points[j] = now_floor - (before if n else 0)
-            before = now_floor
+    Per account, the credits at the rate (grams per point) of its latest credit convert
+    ``carry + grams`` with a running sum, so credits at one rate yield exactly
+    floor((carry + sum of grams) / rate) points and leave the rest as the new carry; grams
+    left over by credits at another rate in the same batch join the carry first (they are
+    converted at the latest rate)."""
+    n = len(accounts)
+    points = [0] * n
+    latest: dict[UUID, int] = {}  # account → rate of its latest credit
+    for j in range(n):
+        latest[accounts[j]] = rates[j]
+    init: dict[tuple[UUID, int], int] = {}
+    if any(rates[j] != rates[0] for j in range(n)):
+        # Grams another rate leaves over join the carry converted at the latest rate.
+        totals: dict[tuple[UUID, int], int] = {}
+        for j in range(n):
+            key = (accounts[j], rates[j])
+            totals[key] = totals.get(key, 0) + grams[j]
+        for (account, rate), total in totals.items():
+            if rate != latest[account]:
+                last = (account, latest[account])
+                init[last] = init.get(last, 0) + total % rate
+    # running: grams converted so far at (account, rate) and the points they gave.
+    running: dict[tuple[UUID, int], tuple[int, int]] = {}
+    for j in range(n):
+        account, rate = accounts[j], rates[j]
+        key = (account, rate)
+        state = running.get(key)
+        if state is None:
+            start = (carry0[account] + init.get(key, 0)) if rate == latest[account] else 0
+            state = (start, 0)
+        total = state[0] + grams[j]
+        floor = total // rate
+        points[j] = floor - state[1]
+        running[key] = (total, floor)
+    carries = {account: running[(account, rate)][0] % rate for account, rate in latest.items()}
     return points, carries
 
 
