@@ -12,17 +12,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.db import Base
 
-# Every package that declares tables; a package without models.py yet is skipped.
+# Every package that declares tables.
 for _module in (
     "app.auth.models", "app.audit", "app.idempotency", "app.calendar.models",
     "app.bus.pgqueue", "scenes.models", "points.models", "ingestion.models",
     "mall.models", "registry.models", "trading.models", "offsets.models",
 ):
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
+    importlib.import_module(_module)
 
 metadata = Base.metadata
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -90,9 +89,7 @@ def seed() -> None:
 
 
 def _mount(name: str, module: str, help_text: str) -> None:
-    with contextlib.suppress(ModuleNotFoundError):
-        sub = importlib.import_module(module).app
-        cli.add_typer(sub, name=name, help=help_text)
+    cli.add_typer(importlib.import_module(module).app, name=name, help=help_text)
 
 
 _mount("admin", "app.auth.cli", "Admin users")

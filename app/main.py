@@ -24,22 +24,13 @@ BackgroundTask = Callable[[Runtime, asyncio.Event], Coroutine[Any, Any, None]]
 
 def background_tasks(settings: Settings) -> list[BackgroundTask]:
     """Work that ``tanhui serve`` runs beside the API when ``TANHUI_RUN_WORKER`` is on."""
-    tasks: list[BackgroundTask] = []
     if not settings.run_worker:
-        return tasks
-    with contextlib.suppress(ImportError):
-        from ingestion.worker import run_forever as run_points_worker
+        return []
+    from ingestion.worker import run_forever as run_points_worker
+    from mall.jobs import run_voucher_expiry
+    from points.jobs import run_scheduler as run_points_scheduler
 
-        tasks.append(run_points_worker)
-    with contextlib.suppress(ImportError):
-        from points.jobs import run_scheduler as run_points_scheduler
-
-        tasks.append(run_points_scheduler)
-    with contextlib.suppress(ImportError):
-        from mall.jobs import run_voucher_expiry
-
-        tasks.append(run_voucher_expiry)
-    return tasks
+    return [run_points_worker, run_points_scheduler, run_voucher_expiry]
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -97,23 +88,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     return app
 
 
-def _include_routers(app: FastAPI) -> None:
-    from app import audit, health
-
-    app.include_router(health.router)
-    app.include_router(audit.router)
-    with contextlib.suppress(ImportError):
-        from app.auth.router import router as auth_router
-
-        app.include_router(auth_router)
-    with contextlib.suppress(ImportError):
-        from app.calendar.router import router as calendar_router
-
-        app.include_router(calendar_router)
-    with contextlib.suppress(ImportError):
-        from app.console import router as console_router
-
-        app.include_router(console_router)
+def _include_routers(application: FastAPI) -> None:
+    import app.auth.router
+    import app.calendar.router
+    import app.console
     import ingestion.router
     import mall.router
     import offsets.router
@@ -121,7 +99,9 @@ def _include_routers(app: FastAPI) -> None:
     import registry.router
     import scenes.router
     import trading.router
+    from app import audit, health
 
-    for module in (scenes.router, points.router, ingestion.router, mall.router,
+    for module in (health, audit, app.auth.router, app.calendar.router, app.console,
+                   scenes.router, points.router, ingestion.router, mall.router,
                    registry.router, offsets.router, trading.router):
-        app.include_router(module.router)
+        application.include_router(module.router)

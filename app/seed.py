@@ -24,12 +24,7 @@ async def seed_demo(runtime: Runtime) -> dict[str, dict[str, object]]:
     await check_current(runtime.db)
     seeded: dict[str, dict[str, object]] = {}
     for name in DOMAINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+        module = importlib.import_module(name)
         async with runtime.db.transaction() as session:
             summary = await module.seed_demo(session)
         seeded[name] = dict(summary or {})

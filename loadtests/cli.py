@@ -18,8 +18,4 @@ BENCHES = {
 }
 
 for _name, _module in BENCHES.items():
-    try:
-        app.command(_name)(importlib.import_module(_module).command)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
+    app.command(_name)(importlib.import_module(_module).command)
