@@ -14,7 +14,6 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
@@ -25,9 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
-
-TS = DateTime(timezone=True)
+from app.db import TS, Base
 
 
 class Cap(Base):

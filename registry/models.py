@@ -18,7 +18,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -32,9 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
-from app.db import Base
-
-TS = DateTime(timezone=True)
+from app.db import TS, Base
 
 CATEGORIES = ("engineering", "ecological_sink", "carbon_inclusive")
 """Art. 11/14: 工程类, 生态碳汇类, 碳普惠类."""

@@ -17,7 +17,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -30,9 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base
-
-TS = DateTime(timezone=True)
+from app.db import TS, Base
 
 SCENE_STATUSES = ("active", "suspended", "ended")
 RULE_STATUSES = ("draft", "published")
