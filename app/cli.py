@@ -81,11 +81,11 @@ def seed() -> None:
     table = Table(title="Demo data (演示数据) — development only", show_lines=False)
     table.add_column("domain")
     table.add_column("item")
-    table.add_column("value", overflow="fold")
+    table.add_column("value", no_wrap=True)  # keys and secrets must stay copyable
     for domain, summary in seeded.items():
         for key, value in summary.items():
             table.add_row(domain.removesuffix(".seed"), key, str(value))
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 def _mount(name: str, module: str, help_text: str) -> None:
