@@ -51,6 +51,20 @@ class Settings(BaseSettings):
     env: Literal["development", "test", "production"] = "development"
     run_worker: bool = Field(default=True, description="serve also runs the points worker")
 
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="Kafka consumer group session timeout")
+    ingest_partner_rate_limit: str = Field(
+        default="200/second", description="ingestion requests per partner (e.g. 200/second)")
+    ingest_max_events: int = Field(default=1000, ge=1, description="events per ingestion batch")
+    ingest_future_skew_s: int = Field(
+        default=300, ge=0, description="how far occurred_at may lie ahead of the server clock")
+    ingest_dedupe_margin_days: int = Field(
+        default=2, ge=0, description="a stored dedupe mark outlives the claim window by this")
+    ingest_publish_timeout_s: float = Field(
+        default=5.0, gt=0, description="how long an ingestion request waits for the bus ack")
+    ingest_pending_ttl_s: int = Field(
+        default=30, ge=1, description="TTL of a pending dedupe mark (outlives the publish)")
+
     @property
     def embedded(self) -> bool:
         return self.database_url is None

@@ -15,6 +15,9 @@ QUANTITY_OUT_OF_RANGE = "quantity.out_of_range"
 QUANTITY_PRECISION = "quantity.too_precise"
 RULE_MISSING = "rule.missing_at_occurred_at"
 DUPLICATE_IN_BATCH = "event.duplicate_in_batch"
+# Retryable: another request holds the event's pending dedupe mark (its publish is under way);
+# retry later — the event is then a duplicate (stored) or taken (the other publish failed).
+IN_FLIGHT = "event.in_flight"
 
 # Dead-letter reasons (worker side).
 DL_DECODE = "message.undecodable"

@@ -5,11 +5,24 @@ The hot path in two steps, so that no database connection is held while the bus 
 1. :func:`check_batch` (one read transaction, three set-based queries: the scene, the links
    and consents of every ``partner_user_ref``, the rules of every behaviour) gives each event
    its outcome: rejected with a code, or a candidate;
-2. :func:`publish_batch` drops duplicates of ``(scene, event_id)`` with one Redis round trip
-   (``SET NX`` with a TTL longer than the claim window), publishes the accepted events to the
-   bus keyed by their citizen's bucket, and returns only after the bus acknowledged durably.
-   If the bus fails, the ``SET NX`` marks of this request are removed again (so a retry is not
-   reported duplicate) and :class:`~ingestion.errors.BusDown` (503) is raised.
+2. :func:`publish_batch` claims every ``(scene, event_id)`` with one Redis round trip (a Lua
+   script over the batch), publishes the claimed events to the bus keyed by their citizen's
+   bucket, and returns only after the bus acknowledged durably.
+
+Issue 6, "nothing is acknowledged that was not stored": a dedupe mark has two states.
+
+- ``p:<token>`` (*pending*, 处理中): set ``NX`` with a short TTL
+  (``TANHUI_INGEST_PENDING_TTL_S``) before the publish, ``token`` naming the request;
+- ``s`` (*stored*, 已存储): after the bus's durable ack the request turns its own pending marks
+  into stored ones (compare-and-set on its token, second round trip) with the long TTL (claim
+  window + margin).
+
+A request that finds ``stored`` answers ``duplicate``; one that finds another request's
+``pending`` answers the event ``rejected`` with the retryable code ``event.in_flight`` (retry
+later: the other request either stores it — then the retry is ``duplicate`` — or fails and
+frees it), never ``duplicate``. If the bus fails, the request deletes only the marks that
+still hold its token (compare-and-delete) and raises :class:`~ingestion.errors.BusDown` (503);
+if it dies before that, its pending marks expire on their own.
 
 Art. 34: only behaviour data the citizen authorised is taken — an event counts only when its
 citizen's consent covered ``occurred_at``.
@@ -19,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.bus import BusUnavailable, Message
 from app.runtime import Runtime
-from app.settings import Settings
+from app.settings import Settings, get_settings
 from ingestion import errors as E
 from ingestion import metrics
 from ingestion.schemas import (
@@ -55,10 +69,34 @@ from scenes import service as scenes
 
 log = structlog.get_logger()
 
-FUTURE_SKEW = dt.timedelta(minutes=5)  # partner clocks may run a little ahead
-DEDUPE_MARGIN = dt.timedelta(days=2)  # the dedupe mark outlives the claim window by this
-PUBLISH_TIMEOUT_S = 5.0
 MAX_QUANTITY_MILLI = 10**12  # sanity bound whatever the rule says
+STORED = "s"  # the value of a stored mark; a pending one is "p:" + the request's token
+PENDING = "p:"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The ingestion limits, from the ``TANHUI_INGEST_*`` settings."""
+
+    max_events: int = MAX_EVENTS  # events per batch
+    future_skew: dt.timedelta = dt.timedelta(minutes=5)  # partner clocks may run ahead
+    dedupe_margin: dt.timedelta = dt.timedelta(days=2)  # a stored mark outlives the window
+    publish_timeout_s: float = 5.0
+    pending_ttl_s: int = 30  # a pending mark outlives the publish timeout
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            max_events=settings.ingest_max_events,
+            future_skew=dt.timedelta(seconds=settings.ingest_future_skew_s),
+            dedupe_margin=dt.timedelta(days=settings.ingest_dedupe_margin_days),
+            publish_timeout_s=settings.ingest_publish_timeout_s,
+            pending_ttl_s=settings.ingest_pending_ttl_s,
+        )
+
+
+def limits_of(settings: Settings | None = None) -> Limits:
+    return Limits.of(settings or get_settings())
 
 
 def events_topic(settings: Settings) -> str:
@@ -104,8 +142,9 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def decode_batch(body: bytes) -> list[EventIn]:
+def decode_batch(body: bytes, *, limits: Limits | None = None) -> list[EventIn]:
     """Decode ``{"events": [...]}`` in one call; a malformed body is one 422 problem."""
+    max_events = (limits or limits_of()).max_events
     try:
         batch: BatchIn = batch_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -113,10 +152,10 @@ def decode_batch(body: bytes) -> list[EventIn]:
     except msgspec.DecodeError as exc:
         raise E.BatchInvalid("request.malformed_json", _first_line(exc)) from exc
     n = len(batch.events)
-    if n == 0 or n > MAX_EVENTS:
+    if n == 0 or n > max_events:
         raise E.BatchInvalid(
-            "ingest.batch_size", f"A batch holds 1 to {MAX_EVENTS} events; this one has {n}.",
-            max_events=MAX_EVENTS, events=n,
+            "ingest.batch_size", f"A batch holds 1 to {max_events} events; this one has {n}.",
+            max_events=max_events, events=n,
         )
     return batch.events
 
@@ -207,7 +246,7 @@ def _rule_per_behaviour(
 
 async def check_batch(
     session: AsyncSession, scene_id: UUID, events: Sequence[EventIn], *,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, limits: Limits | None = None,
 ) -> CheckedBatch:
     """Every event's outcome against the scene, the partner's links and consents, the rules.
 
@@ -216,6 +255,7 @@ async def check_batch(
     object per event.
     """
     now = now or clock.now()
+    limits = limits or limits_of()
     scene = await scenes.scene_for_ingest(session, scene_id)
     scene.require_accepting()  # Art. 32: a suspended or ended scene's events are refused
     refs = list({e.partner_user_ref for e in events})
@@ -225,12 +265,12 @@ async def check_batch(
         session, {(scene_id, b) for b in {e.behaviour for e in events} if b in behaviours}
     )
     fixed = _rule_per_behaviour(scene_id, events, behaviours, rules)
-    future = now + FUTURE_SKEW
+    future = now + limits.future_skew
     oldest = now - dt.timedelta(days=scene.claim_window_days)
     checked = CheckedBatch(
         scene_id=scene_id,
-        dedupe_ttl_s=int((dt.timedelta(days=scene.claim_window_days) + DEDUPE_MARGIN
-                          + FUTURE_SKEW).total_seconds()),
+        dedupe_ttl_s=int((dt.timedelta(days=scene.claim_window_days) + limits.dedupe_margin
+                          + limits.future_skew).total_seconds()),
         results=[],
     )
     results = checked.results
@@ -290,29 +330,59 @@ def _consented(link: Any, at: dt.datetime) -> bool:
 
 # ---------------------------------------------------------------- dedupe and publish
 
-# One round trip for the whole batch: SET NX EX per event, answer '1' (new) / '0' (seen).
-_DEDUPE_LUA = """
-local ttl = ARGV[1]
+# Claim the whole batch in one round trip: SET NX EX a pending mark per event; answer per
+# event '1' (claimed by this request), '0' (stored, or this request's own: duplicate) or
+# '2' (another request's pending mark: in flight).
+_CLAIM_LUA = """
+local mine = ARGV[1]
+local ttl = ARGV[2]
 local out = {}
 for i = 1, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ttl) then out[i] = '1' else out[i] = '0' end
+  if redis.call('SET', KEYS[i], mine, 'NX', 'EX', ttl) then
+    out[i] = '1'
+  else
+    local cur = redis.call('GET', KEYS[i])
+    if cur and cur ~= mine and string.sub(cur, 1, 2) == 'p:' then out[i] = '2' else out[i] = '0' end
+  end
 end
 return table.concat(out)
 """
 
-_scripts: dict[int, Any] = {}
+# After the durable ack: this request's pending marks (or expired ones) become stored.
+_CONFIRM_LUA = """
+local mine = ARGV[1]
+local ttl = ARGV[2]
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur == mine or not cur then redis.call('SET', KEYS[i], 's', 'EX', ttl) end
+end
+return #KEYS
+"""
+
+# After a failed publish: delete only the marks that still hold this request's token.
+_RELEASE_LUA = """
+local mine = ARGV[1]
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == mine then redis.call('DEL', KEYS[i]); n = n + 1 end
+end
+return n
+"""
+
+_scripts: dict[tuple[int, str], Any] = {}
 
 
-def _dedupe_script(redis: Redis) -> Any:
-    script = _scripts.get(id(redis))
+def _script(redis: Redis, source: str) -> Any:
+    marker = (id(redis), source)
+    script = _scripts.get(marker)
     if script is None or script.registered_client is not redis:
-        script = redis.register_script(_DEDUPE_LUA)
-        _scripts[id(redis)] = script
+        script = redis.register_script(source)
+        _scripts[marker] = script
     return script
 
 
 def dedupe_key(runtime: Runtime, scene_id: UUID | str, event_id: str) -> str:
-    # The hash tag keeps a scene's marks in one Redis Cluster slot (the script needs that).
+    # The hash tag keeps a scene's marks in one Redis Cluster slot (the scripts need that).
     return runtime.key("ingest", "seen", "{" + str(scene_id) + "}", event_id)
 
 
@@ -320,30 +390,46 @@ def _dedupe_prefix(runtime: Runtime, scene_id: UUID) -> str:
     return dedupe_key(runtime, scene_id, "")
 
 
-async def publish_batch(runtime: Runtime, checked: CheckedBatch) -> BatchResult:
-    """Drop duplicates, publish the rest durably, and give every event's outcome."""
+def _in_flight(event_id: str) -> EventResult:
+    return EventResult(
+        event_id, "rejected", E.IN_FLIGHT,
+        "Another request is storing this event right now; retry later "
+        "(it is then either a duplicate or taken).",
+    )
+
+
+async def publish_batch(
+    runtime: Runtime, checked: CheckedBatch, *, limits: Limits | None = None
+) -> BatchResult:
+    """Claim the candidates, publish the claimed ones durably, mark them stored, and give
+    every event's outcome (``duplicate`` only for events stored before)."""
+    limits = limits or Limits.of(runtime.settings)
     results = checked.results
     candidates = checked.candidates
     fresh: list[BusEvent] = []
     fresh_keys: list[str] = []
+    mine = PENDING + secrets.token_hex(8)
     if candidates:
         prefix = _dedupe_prefix(runtime, checked.scene_id)
         keys = [prefix + ev.event_id for ev in candidates]
-        flags = await _dedupe_script(runtime.redis)(keys=keys, args=[checked.dedupe_ttl_s])
+        flags = await _script(runtime.redis, _CLAIM_LUA)(
+            keys=keys, args=[mine, limits.pending_ttl_s])
         if isinstance(flags, bytes):
             flags = flags.decode()
         for ev, pos, key, flag in zip(candidates, checked.positions, keys, flags, strict=True):
             if flag == "1":
                 fresh.append(ev)
                 fresh_keys.append(key)
-            else:
+            elif flag == "0":
                 results[pos] = EventResult(ev.event_id, "duplicate")
+            else:
+                results[pos] = _in_flight(ev.event_id)
     if fresh:
         try:
-            await publish_events(runtime, fresh)
+            await publish_events(runtime, fresh, timeout_s=limits.publish_timeout_s)
         except BaseException as exc:
-            # Nothing was acknowledged: forget the marks so that a retry is not "duplicate".
-            await _forget(runtime, fresh_keys)
+            # Nothing was acknowledged: free this request's marks so a retry is taken.
+            await _release(runtime, fresh_keys, mine)
             metrics.BATCHES.labels("bus_down").inc()
             if isinstance(exc, BusUnavailable | TimeoutError | OSError):
                 raise E.BusDown(
@@ -351,14 +437,21 @@ async def publish_batch(runtime: Runtime, checked: CheckedBatch) -> BatchResult:
                     headers={"Retry-After": "1"},
                 ) from exc
             raise
+        await _confirm(runtime, fresh_keys, mine, checked.dedupe_ttl_s)
     return _summarise(results)
 
 
-async def _forget(runtime: Runtime, keys: list[str]) -> None:
+async def _confirm(runtime: Runtime, keys: list[str], mine: str, ttl_s: int) -> None:
     try:
-        for i in range(0, len(keys), 1000):
-            await runtime.redis.delete(*keys[i : i + 1000])
-    except Exception:  # Redis down too: the ledger's unique key still dedupes the retry
+        await _script(runtime.redis, _CONFIRM_LUA)(keys=keys, args=[mine, ttl_s])
+    except Exception:  # stored on the bus; the pending marks expire, the ledger dedupes a retry
+        log.warning("dedupe_marks_not_confirmed", count=len(keys))
+
+
+async def _release(runtime: Runtime, keys: list[str], mine: str) -> None:
+    try:
+        await _script(runtime.redis, _RELEASE_LUA)(keys=keys, args=[mine])
+    except Exception:  # Redis down too: the pending marks expire after their short TTL
         log.warning("dedupe_marks_not_removed", count=len(keys))
 
 
@@ -372,7 +465,9 @@ async def ensure_topic(runtime: Runtime, topic: str) -> None:
         _topics_ready.add(marker)
 
 
-async def publish_events(runtime: Runtime, events: Sequence[BusEvent]) -> None:
+async def publish_events(
+    runtime: Runtime, events: Sequence[BusEvent], *, timeout_s: float | None = None
+) -> None:
     """Publish events grouped by citizen bucket; return once the bus acked every message."""
     topic = events_topic(runtime.settings)
     groups: dict[bytes, list[BusEvent]] = {}
@@ -388,7 +483,9 @@ async def publish_events(runtime: Runtime, events: Sequence[BusEvent]) -> None:
     ]
     started = time.perf_counter()
     await ensure_topic(runtime, topic)
-    async with _timeout(PUBLISH_TIMEOUT_S):
+    if timeout_s is None:
+        timeout_s = runtime.settings.ingest_publish_timeout_s
+    async with _timeout(timeout_s):
         await runtime.bus.publish(topic, messages)
     metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
 

@@ -67,7 +67,7 @@ class KafkaBus:
         topics: Sequence[str] = (),
         bootstrap: str | None = None,
         timeout_s: float = 5.0,
-        session_timeout_ms: int = 10_000,
+        session_timeout_ms: int | None = None,
     ) -> None:
         bootstrap = bootstrap or settings.kafka_bootstrap
         if not bootstrap:
@@ -76,7 +76,7 @@ class KafkaBus:
         self.partitions = settings.kafka_partitions
         self.prefix = settings.kafka_topic_prefix
         self.timeout_s = timeout_s
-        self.session_timeout_ms = session_timeout_ms
+        self.session_timeout_ms = session_timeout_ms or settings.kafka_session_timeout_ms
         self.idempotent: bool | None = None
         self._topics = list(topics)
         self._known: set[str] = set()

@@ -170,9 +170,7 @@ async def test_rate_limit_per_partner(
     runtime: Runtime, client: httpx.AsyncClient, signed_partner: Partner,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ingestion import router
-
-    monkeypatch.setattr(router, "PARTNER_LIMIT", "2/minute")
+    monkeypatch.setattr(runtime.settings, "ingest_partner_rate_limit", "2/minute")
     p = signed_partner
     ref = next(iter(p.citizens))
     for _ in range(2):
