@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -241,20 +242,26 @@ async def credit_batch(
     fresh = [k for k in range(len(ords)) if ords[k] not in dup]
     # In (occurred_at, batch order) order: each account's entries get ascending ids, and the
     # conversion runs through each account's credits in that order.
-    fresh.sort(key=lambda k: (occurred[k], ords[k]))
+    fresh.sort(key=occurred.__getitem__)  # stable: ties stay in batch order
     picked = fresh
-    account_of = [accounts[citizens[k]][0] for k in picked]
+    if picked == list(range(len(ords))):  # nothing to leave out or reorder
+
+        def take(column: list[Any]) -> list[Any]:
+            return column
+    else:
+
+        def take(column: list[Any]) -> list[Any]:
+            return [column[k] for k in picked] if len(picked) < 2 else list(
+                itemgetter(*picked)(column))
+    account_of = [accounts[c][0] for c in take(citizens)]
+    batch_grams, batch_rates = take(grams), take(rates)
     points, carries = _convert(
-        account_of, [grams[k] for k in picked], [rates[k] for k in picked],
-        {a: c for a, c in accounts.values()},
-    )
+        account_of, batch_grams, batch_rates, {a: c for a, c in accounts.values()})
     inserted = 0
     if picked:
         inserted = await driver.fetchval(
-            sql.CREDIT_BATCH, account_of, [scenes[k] for k in picked],
-            [events[k] for k in picked], [behaviours[k] for k in picked],
-            [occurred[k] for k in picked], [grams[k] for k in picked],
-            [rates[k] for k in picked], [rrvs[k] for k in picked], [crvs[k] for k in picked],
+            sql.CREDIT_BATCH, account_of, take(scenes), take(events), take(behaviours),
+            take(occurred), batch_grams, batch_rates, take(rrvs), take(crvs),
             now, expires_at, points, list(carries), list(carries.values()),
         )
     if inserted != len(picked):

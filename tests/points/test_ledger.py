@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import asyncpg
@@ -13,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from app.db import Database
 from app.errors import DomainError
 from app.settings import get_settings
-from points import service
+from points import service, sql
 from tests.points.factories import (
     CONVERSION_RULE,
     REDUCTION_RULE,
@@ -136,6 +137,7 @@ async def test_entries_are_immutable(db: Database) -> None:
         with pytest.raises(DBAPIError) as info:
             async with db.transaction() as s:
                 await s.execute(text(statement), {"c": citizen})
+        assert info.value.orig is not None
         assert isinstance(info.value.orig.__cause__, asyncpg.RestrictViolationError)
     await assert_reconciled(db, citizen)
 
@@ -373,3 +375,25 @@ async def test_concurrent_batches_with_the_same_events_credit_once(db: Database)
     per_citizen = sum(150 + i for i in range(5))
     assert a.points + b.points == len(citizens) * (per_citizen // 100)
     await assert_reconciled(db, *citizens)
+
+
+async def test_credit_duplicate_check_is_an_index_probe_whatever_the_plan(
+        db: Database) -> None:
+    """The credit's duplicate check probes the unique index once per event, in the generic
+    and the custom plan alike (never a hash or merge join scanning the whole ledger): a
+    batch costs the same in a ledger of any size."""
+    n = 3000
+    scenes, events, ords = [uuid.uuid4()] * n, [f"e{i}" for i in range(n)], list(range(n))
+
+    async def plan(raw: asyncpg.Connection, statement: str, *args: object) -> str:
+        rows = await raw.fetch("EXPLAIN (COSTS OFF) " + statement, *args)
+        return "\n".join(r[0] for r in rows if "Filter" not in r[0])
+
+    async with db.transaction() as s:
+        raw = (await (await s.connection()).get_raw_connection()).driver_connection
+        assert raw is not None
+        for mode in ("force_generic_plan", "force_custom_plan"):
+            await raw.execute(f"SET LOCAL plan_cache_mode = {mode}")
+            dup = await plan(raw, sql.LEDGER_DUPLICATES, scenes, events, ords)
+            assert "Index Only Scan using uq_points_entries_scene_event" in dup, dup
+            assert "Seq Scan" not in dup and "Hash" not in dup and "Merge" not in dup, dup
