@@ -53,6 +53,8 @@ class Settings(BaseSettings):
 
     kafka_session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="Kafka consumer group session timeout")
+    ingest_worker_group: str = Field(
+        default="points-worker", description="the points workers' consumer group (short name)")
     ingest_partner_rate_limit: str = Field(
         default="200/second", description="ingestion requests per partner (e.g. 200/second)")
     ingest_max_events: int = Field(default=1000, ge=1, description="events per ingestion batch")

@@ -112,7 +112,7 @@ def events_topic(settings: Settings) -> str:
 def worker_group(settings: Settings) -> str:
     """The points workers' consumer group, per deployment (Kafka groups span topics: two
     deployments on one cluster must not share one)."""
-    return settings.kafka_topic_prefix + "points-worker"
+    return settings.kafka_topic_prefix + settings.ingest_worker_group
 
 
 def bucket_key(citizen_id: UUID) -> bytes:

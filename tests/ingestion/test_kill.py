@@ -21,6 +21,7 @@ from tests.ingestion.conftest import KAFKA_BOOTSTRAP, kafka_runtime, make_partne
 from tests.ingestion.test_worker import bus_event
 
 TANHUI = str(Path(sys.executable).with_name("tanhui"))
+KILL_TEST_SESSION_MS = 3000
 
 
 async def _count(runtime: Runtime, scene_id: uuid.UUID) -> tuple[int, int]:
@@ -51,7 +52,8 @@ async def _wait_for_progress(runtime: Runtime, scene_id: uuid.UUID, above: int,
 
 @pytest.mark.parametrize(("kind", "kills"), [
     ("pgqueue", 3),
-    # Tansu keeps a killed member for the 10 s session timeout before it rebalances.
+    # Tansu keeps a killed member for its session timeout before it rebalances: the workers
+    # here run with a 3 s one (TANHUI_KAFKA_SESSION_TIMEOUT_MS) instead of the default 10 s.
     pytest.param("kafka", 2, marks=pytest.mark.slow),
 ])
 async def test_worker_killed_mid_batch_credits_every_event_exactly_once(
@@ -61,6 +63,10 @@ async def test_worker_killed_mid_batch_credits_every_event_exactly_once(
     env = dict(os.environ)
     if kind == "kafka":
         env["TANHUI_KAFKA_BOOTSTRAP"] = KAFKA_BOOTSTRAP
+        env["TANHUI_KAFKA_SESSION_TIMEOUT_MS"] = str(KILL_TEST_SESSION_MS)
+        # A group of its own: on Tansu, a worker restarted into a group that earlier tests'
+        # consumers had joined and left could time out in SyncGroup (and the worker exits).
+        env["TANHUI_INGEST_WORKER_GROUP"] = "points-worker-kill-" + uuid.uuid4().hex[:8]
     try:
         p = await make_partner(rt, citizens=40)
         refs = list(p.citizens)
