@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
-from app.bus import BusUnavailable, Message
+from app.bus import BusUnavailable, Message, topic_name
 from app.runtime import Runtime
 from app.settings import Settings, get_settings
 from ingestion import errors as E
@@ -101,18 +101,13 @@ def limits_of(settings: Settings | None = None) -> Limits:
 
 def events_topic(settings: Settings) -> str:
     """The bus topic of accepted events (per-run prefix in tests)."""
-    try:
-        from app.bus import topic_name  # type: ignore[attr-defined]
-    except ImportError:
-        return settings.kafka_topic_prefix + "events"
-    name: str = topic_name(settings, "events")
-    return name
+    return topic_name(settings, "events")
 
 
 def worker_group(settings: Settings) -> str:
-    """The points workers' consumer group, per deployment (Kafka groups span topics: two
-    deployments on one cluster must not share one)."""
-    return settings.kafka_topic_prefix + settings.ingest_worker_group
+    """The points workers' consumer group. The bus namespaces it per deployment (Kafka groups
+    span topics: two deployments on one cluster must not share one)."""
+    return settings.ingest_worker_group
 
 
 def bucket_key(citizen_id: UUID) -> bytes:
