@@ -198,9 +198,19 @@ async def consume(runtime: Runtime, stop: asyncio.Event, *, name: str = "c0",
                   max_messages: int = MAX_MESSAGES) -> None:
     """One consumer of the group, until ``stop`` is set."""
     topic = events_topic(runtime.settings)
-    await ensure_topic(runtime, topic)
     consumer = runtime.bus.consumer(topic, worker_group(runtime.settings))
-    await consumer.start()
+    delay = 1.0
+    while True:  # a bus that is down (or a group join that times out) is waited for
+        try:
+            await ensure_topic(runtime, topic)
+            await consumer.start()
+            break
+        except BusUnavailable as exc:
+            log.warning("worker_start_retry", consumer=name, error=str(exc)[:200], in_s=delay)
+            await _sleep_or_stop(stop, delay)
+            if stop.is_set():
+                return
+            delay = min(delay * 2, 30.0)
     log.info("worker_consumer_started", consumer=name, topic=topic, bus=runtime.bus.name)
     next_lag = 0.0
     try:
