@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
+
+from loadtests.server import free_port, wait_ready
 
 BENCH_ACTOR = "system:bench"
 
@@ -184,26 +185,6 @@ async def _check(runtime: Any, offer_id: Any, citizens: list) -> dict[str, int]:
             "gate": int(gate) if gate is not None else -1}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError("the server did not become ready")
-
-
 def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
@@ -246,7 +227,7 @@ def command(
     console.print(f"prepared {attempts} citizens and an offer of {stock} in "
                   f"{time.perf_counter() - t0:.1f} s")
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TANHUI_RUN_WORKER": "0", "TANHUI_LOG_LEVEL": "WARNING"}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory",
@@ -256,7 +237,7 @@ def command(
         env=env,
     )
     try:
-        _wait_ready(port, server)
+        wait_ready(port, server)
         per_client = max(1, concurrency // clients)
         with ProcessPoolExecutor(max_workers=clients) as pool:
             # Warm-up on a separate offer with separate citizens: every worker loads its code

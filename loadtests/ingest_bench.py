@@ -48,6 +48,8 @@ from typing import Annotated, Any
 
 import typer
 
+from loadtests.server import free_port, wait_ready
+
 BENCH_ACTOR = "system:bench"
 BATCH_PATH = "/v1/ingest/events:batch"
 TANHUI = str(Path(sys.executable).with_name("tanhui"))
@@ -268,26 +270,6 @@ def _stop_all(stack: Stack) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError("the server did not become ready")
 
 
 # --- CPU accounting (Linux /proc): where the machine's time went ----------------------------
@@ -564,7 +546,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         t = time.perf_counter()
         prepared = await _prepare(runtime, k)
         console.print(f"prepared {k} linked citizens in {time.perf_counter() - t:.1f} s")
-        port = _free_port()
+        port = free_port()
         if stack.mode == "embedded":
             server = _spawn(stack, ["serve", "--port", str(port)], TANHUI_RUN_WORKER="1")
         else:
@@ -572,7 +554,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
                                     str(api_workers)], TANHUI_RUN_WORKER="0")
         for _ in range(worker_procs):
             _spawn(stack, ["worker"])
-        _wait_ready(port, server)
+        wait_ready(port, server, timeout_s=120)
         token = await _token(port, prepared)
         await _warm_up(port, token, prepared, runtime, wait_s)
         console.print("warmed up: 1,000 events through the whole pipeline")
