@@ -13,8 +13,8 @@ from app.runtime import Runtime
 
 log = structlog.get_logger()
 
-# Order matters: scenes and citizens before points, merchants before offers.
-DOMAINS = ("app.auth.seed", "scenes.seed", "points.seed", "mall.seed", "registry.seed")
+# Order matters: citizens and scenes before the demo rides are credited.
+DOMAINS = ("app.auth.seed", "scenes.seed", "ingestion.seed", "mall.seed", "registry.seed")
 
 
 async def seed_demo(runtime: Runtime) -> dict[str, dict[str, object]]:
