@@ -21,7 +21,7 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy app scenes points ingestion mall registry offsets trading loadtests
+	$(VENV)/bin/mypy app accounts scenes points ingestion mall registry offsets trading loadtests
 
 bench: $(VENV)/.installed
 	scripts/bench.sh

@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
 
 def _include_routers(application: FastAPI) -> None:
+    import accounts.router
     import app.auth.router
     import app.calendar.router
     import app.console
@@ -103,5 +104,5 @@ def _include_routers(application: FastAPI) -> None:
 
     for module in (health, audit, app.auth.router, app.calendar.router, app.console,
                    scenes.router, points.router, ingestion.router, mall.router,
-                   registry.router, offsets.router, trading.router):
+                   registry.router, offsets.router, trading.router, accounts.router):
         application.include_router(module.router)

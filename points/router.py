@@ -1,21 +1,19 @@
-"""HTTP routes of the citizen's account (``/v1/me``): profile, points, lots, statement, holds,
-export and deletion. Art. 34: there is no route that moves points between accounts or lets
-anyone but the citizen (through a hold) take points out."""
+"""HTTP routes of the citizen's points (``/v1/me``): profile, points, lots, statement, holds
+(export and deletion span domains and live in ``accounts/``). Art. 34: there is no route that
+moves points between accounts or lets anyone but the citizen (through a hold) take points out."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
 
 from app.deps import CurrentCitizen, Db
-from app.errors import Conflict
 from points import service
 from points.errors import HoldNotFound
 from points.schemas import (
     BalanceOut,
-    DeletedOut,
     EntryOut,
     HoldIn,
     HoldList,
@@ -123,42 +121,3 @@ async def my_hold(hold_id: UUID, who: CurrentCitizen, db: Db) -> HoldOut:
 async def release_hold(hold_id: UUID, who: CurrentCitizen, db: Db) -> HoldOut:
     async with db.transaction() as session:
         return _hold(await service.release(session, hold_id, citizen_id=who.id))
-
-
-@router.get("/export", summary="Everything held about me, as JSON (PIPL 查阅复制权)")
-async def export_me(who: CurrentCitizen, db: Db) -> dict[str, Any]:
-    from app.auth.citizens import export_citizen
-    from scenes.consent import my_consents
-
-    async with db.transaction() as session:
-        profile = await export_citizen(session, who.id)
-        consents = await my_consents(session, who.id)
-        ledger = await service.export_ledger(session, who.id)
-    return {
-        "profile": profile,
-        "consents": consents.model_dump(mode="json")["scenes"],
-        "points": ledger,
-    }
-
-
-@router.delete("", response_model=DeletedOut,
-               summary="Delete my account: personal information erased, ledger kept under "
-                       "the pseudonym (PIPL 删除权)")
-async def delete_me(who: CurrentCitizen, db: Db) -> DeletedOut:
-    from app.auth.citizens import erase_citizen
-    from scenes.consent import my_consents, revoke_consent
-
-    async with db.transaction() as session:
-        # A hold backs a redemption in progress (a mall voucher): releasing it here would
-        # leave that voucher without points, so the citizen settles redemptions first.
-        if await service.open_holds(session, who.id):
-            raise Conflict(
-                "account.open_redemptions",
-                "Cancel or use your open vouchers and holds before deleting the account.",
-            )
-        consents = await my_consents(session, who.id)
-        active = [c.id for scene in consents.scenes for c in scene.history if c.active]
-        for consent_id in active:
-            await revoke_consent(session, who.id, consent_id)
-        await erase_citizen(session, who.id)
-    return DeletedOut(erased=True, consents_revoked=len(active))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -89,14 +88,3 @@ class HoldOut(BaseModel):
 
 class HoldList(BaseModel):
     items: list[HoldOut]
-
-
-class DeletedOut(BaseModel):
-    """Account deletion (PIPL 删除权): personal information erased; the ledger stays under the
-    pseudonym."""
-
-    erased: bool
-    consents_revoked: int
-
-
-ExportOut = dict[str, Any]
