@@ -81,17 +81,25 @@ async def credit_messages(
     """Credit one bus batch in one transaction; return what happened.
 
     A redelivered batch (the worker died after the database commit, before the bus commit)
-    holds events already in the ledger. The ledger refuses them again, but the caps must not
-    count them twice: when ``credit_batch`` reports duplicates among capped events, the
-    transaction is rolled back and redone without them (rare: only after a crash).
+    holds events already in the ledger. The first attempt writes as if every event were new;
+    the ledger's unique index then refuses the write (``ConcurrentCredit``) and the batch is
+    redone looking each event up first. The caps must not count a duplicate twice: when
+    ``credit_batch`` reports duplicates among capped events, the transaction is rolled back
+    and redone without them (rare: only after a crash).
     """
     topic = topic or events_topic(runtime.settings)
+    from points.errors import ConcurrentCredit
+
     decoded, dead = decode_messages(messages)
     events, repeats = _unique(decoded)
     skip: set[tuple[UUID, str]] = set()
-    for _ in range(3):
+    probe = False  # first as if every event were new: the ledger's unique index says if not
+    for _ in range(4):
         try:
-            outcome = await _credit_once(runtime, topic, events, dead, skip)
+            outcome = await _credit_once(runtime, topic, events, dead, skip, probe=probe)
+        except ConcurrentCredit:
+            probe = True
+            continue
         except _Redo as redo:
             skip |= redo.args[0]
             continue
@@ -102,7 +110,7 @@ async def credit_messages(
 
 async def _credit_once(
     runtime: Runtime, topic: str, events: list[tuple[bytes, BusEvent]],
-    dead: list[DeadLetter], skip: set[tuple[UUID, str]],
+    dead: list[DeadLetter], skip: set[tuple[UUID, str]], *, probe: bool = True,
 ) -> Outcome:
     from points import service as points
     from scenes import service as scenes
@@ -128,7 +136,7 @@ async def _credit_once(
                     priced.conversion_rule, strict=True)
             ]
             if credits:
-                result = await points.credit_batch(session, credits, now=now)
+                result = await points.credit_batch(session, credits, now=now, probe=probe)
                 if result.duplicates:
                     dup = set(result.duplicates)
                     if any((ev.scene_id, ev.event_id) in dup

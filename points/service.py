@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -199,7 +198,8 @@ def _positive(points: int) -> int:
 
 
 async def credit_batch(
-    session: AsyncSession, credits: Sequence[CreditIn], *, now: datetime | None = None
+    session: AsyncSession, credits: Sequence[CreditIn], *, now: datetime | None = None,
+    probe: bool = True,
 ) -> CreditResult:
     """Credit a batch of events in the caller's transaction, set-based.
 
@@ -209,6 +209,15 @@ async def credit_batch(
     ``points_validity_days`` after now (Art. 34: at most 5 years). Missing accounts are
     created. After any sequence of credits at one rate, the points credited to an account
     equal floor(total grams / grams_per_point); the remainder is the account's gram carry.
+
+    The entries and lots are written with binary COPY (multi-row heap inserts, no per-value
+    array encoding), so the unique index refuses the whole write if any event is already in
+    the ledger: that raises :class:`ConcurrentCredit` and the caller's transaction is lost.
+    ``probe=True`` looks the batch's events up in the ledger first (one index probe each) so
+    that only another transaction's insert at the same moment can get there; the points
+    worker passes ``probe=False`` on its first attempt (a duplicate reaches the worker only
+    after a crash or a lost dedupe mark) and redoes the batch with ``probe=True`` on
+    :class:`ConcurrentCredit`.
     """
     if not credits:
         return CreditResult(new=[], duplicates=[], points=0)
@@ -238,42 +247,53 @@ async def credit_batch(
         ords.append(i)
     driver = await _driver(session)
     accounts = await _lock_accounts(driver, citizens, now)
-    dup = {r[0] for r in await driver.fetch(sql.LEDGER_DUPLICATES, scenes, events, ords)}
-    fresh = [k for k in range(len(ords)) if ords[k] not in dup]
+    fresh = list(range(len(ords)))
+    if probe:
+        dup = {r[0] for r in await driver.fetch(sql.LEDGER_DUPLICATES, scenes, events, ords)}
+        if dup:
+            fresh = [k for k in fresh if ords[k] not in dup]
     # In (occurred_at, batch order) order: each account's entries get ascending ids, and the
     # conversion runs through each account's credits in that order.
     fresh.sort(key=occurred.__getitem__)  # stable: ties stay in batch order
-    picked = fresh
-    if picked == list(range(len(ords))):  # nothing to leave out or reorder
-
-        def take(column: list[Any]) -> list[Any]:
-            return column
-    else:
-
-        def take(column: list[Any]) -> list[Any]:
-            return [column[k] for k in picked] if len(picked) < 2 else list(
-                itemgetter(*picked)(column))
-    account_of = [accounts[c][0] for c in take(citizens)]
-    batch_grams, batch_rates = take(grams), take(rates)
+    account_of = [accounts[citizens[k]][0] for k in fresh]
     points, carries = _convert(
-        account_of, batch_grams, batch_rates, {a: c for a, c in accounts.values()})
-    inserted = 0
-    if picked:
-        inserted = await driver.fetchval(
-            sql.CREDIT_BATCH, account_of, take(scenes), take(events), take(behaviours),
-            take(occurred), batch_grams, batch_rates, take(rrvs), take(crvs),
-            now, expires_at, points, list(carries), list(carries.values()),
-        )
-    if inserted != len(picked):
-        # Only another transaction's event with the same (scene, event id), committed between
-        # the duplicate check and the insert, gets here; the carry would be off by it.
-        raise ConcurrentCredit()
-    new_ords = {ords[k] for k in picked}
+        account_of, [grams[k] for k in fresh], [rates[k] for k in fresh],
+        {a: c for a, c in accounts.values()})
+    if fresh:
+        await _write_credits(driver, fresh, account_of, points, carries, cols, now, expires_at)
+    new_ords = {ords[k] for k in fresh}
     new: list[tuple[UUID, str]] = []
     duplicates: list[tuple[UUID, str]] = []
     for i, c in enumerate(credits):
         (new if i in new_ords else duplicates).append((c.scene_id, c.event_id))
     return CreditResult(new=new, duplicates=duplicates, points=sum(points))
+
+
+async def _write_credits(
+    driver: asyncpg.Connection, fresh: list[int], account_of: list[UUID], points: list[int],
+    carries: dict[UUID, int], cols: tuple[list[Any], ...], now: datetime,
+    expires_at: datetime,
+) -> None:
+    """COPY the entries and lots of the fresh credits, then add the points to the balances."""
+    (_, scenes, events, behaviours, occurred, grams, rates, rrvs, crvs, _) = cols
+    ids = sorted(await driver.fetchval(sql.ENTRY_IDS, len(fresh)))
+    try:
+        await driver.copy_records_to_table("points_entries", columns=sql.CREDIT_COLUMNS, records=[
+            (ids[j], account_of[j], "credit", points[j], now, scenes[k], events[k],
+             behaviours[k], occurred[k], grams[k], rates[k], rrvs[k], crvs[k])
+            for j, k in enumerate(fresh)
+        ])
+    except asyncpg.UniqueViolationError as exc:
+        raise ConcurrentCredit() from exc
+    lots = [(account_of[j], ids[j], p, p, now, expires_at)
+            for j, p in enumerate(points) if p > 0]
+    if lots:
+        await driver.copy_records_to_table("points_lots", columns=sql.LOT_COLUMNS, records=lots)
+    added: dict[UUID, int] = dict.fromkeys(carries, 0)
+    for account, p in zip(account_of, points, strict=True):
+        added[account] += p
+    await driver.execute(sql.ADD_CREDITS, list(added), list(added.values()),
+                         [carries[a] for a in added])
 
 
 async def _lock_accounts(

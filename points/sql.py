@@ -41,35 +41,25 @@ CROSS JOIN LATERAL (
 ) d
 """
 
-# The credit batch, one statement, over fresh events (the caller computed each one's points
-# and each account's new carry, see ``points.service._convert``). The unique index stays the
-# final dedupe: an event inserted meanwhile by another transaction is skipped by
-# ON CONFLICT, ``inserted`` then falls short and the caller rolls the batch back. Lots and
-# balances come only from the rows actually inserted (RETURNING).
-CREDIT_BATCH = """
-WITH ins AS (
-    INSERT INTO points_entries (account_id, kind, points, created_at, scene_id, event_id,
-                                behaviour, occurred_at, grams, grams_per_point,
-                                reduction_rule_version_id, conversion_rule_version_id)
-    SELECT s.account_id, 'credit', s.points, $10, s.scene_id, s.event_id, s.behaviour,
-           s.occurred_at, s.grams, s.gpp, s.rrv, s.crv
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[],
-                $6::int8[], $7::int4[], $8::uuid[], $9::uuid[], $12::int8[])
-         AS s(account_id, scene_id, event_id, behaviour, occurred_at, grams, gpp, rrv, crv,
-              points)
-    ON CONFLICT (scene_id, event_id) DO NOTHING
-    RETURNING id, account_id, points
-), lots AS (
-    INSERT INTO points_lots (account_id, entry_id, points, remaining, credited_at, expires_at)
-    SELECT account_id, id, points, points, $10, $11 FROM ins WHERE points > 0
-), bal AS (
-    UPDATE points_accounts a
-    SET available = a.available + t.pts, gram_carry = c.carry
-    FROM (SELECT account_id, (sum(points))::int8 AS pts FROM ins GROUP BY account_id) t
-    JOIN unnest($13::uuid[], $14::int8[]) AS c(account_id, carry) USING (account_id)
-    WHERE a.id = t.account_id
-)
-SELECT count(*) FROM ins
+# The credit batch is written with binary COPY (see ``points.service._write_credits``): entry
+# ids are taken from the identity's sequence first, so each lot names its entry.
+ENTRY_IDS = """
+SELECT array_agg(nextval('points_entries_id_seq')) FROM generate_series(1, $1::int4)
+"""
+
+CREDIT_COLUMNS = [
+    "id", "account_id", "kind", "points", "created_at", "scene_id", "event_id", "behaviour",
+    "occurred_at", "grams", "grams_per_point", "reduction_rule_version_id",
+    "conversion_rule_version_id",
+]
+
+LOT_COLUMNS = ["account_id", "entry_id", "points", "remaining", "credited_at", "expires_at"]
+
+# Each credited account's new balance and gram carry (the accounts are locked already).
+ADD_CREDITS = """
+UPDATE points_accounts a SET available = a.available + t.pts, gram_carry = t.carry
+FROM unnest($1::uuid[], $2::int8[], $3::int8[]) AS t(id, pts, carry)
+WHERE a.id = t.id
 """
 
 ACCOUNT_FOR_UPDATE = """

@@ -377,6 +377,26 @@ async def test_concurrent_batches_with_the_same_events_credit_once(db: Database)
     await assert_reconciled(db, *citizens)
 
 
+async def test_unprobed_credit_of_a_known_event_is_refused_whole(db: Database) -> None:
+    """``probe=False`` (the worker's first attempt) writes with COPY: an event already in
+    the ledger makes the unique index refuse the whole batch (ConcurrentCredit, nothing
+    written); probed, the same batch credits only the new event."""
+    citizen = new_citizen()
+    old = make_credit(citizen, 300, gpp=100, event_id="known")
+    async with db.transaction() as s:
+        await service.credit_batch(s, [old], now=T0)
+    before = await counts(db)
+    batch = [make_credit(citizen, 500, gpp=100, event_id="new"), old]
+    with pytest.raises(service.ConcurrentCredit):
+        async with db.transaction() as s:
+            await service.credit_batch(s, batch, now=T0, probe=False)
+    assert await counts(db) == before
+    async with db.transaction() as s:
+        r = await service.credit_batch(s, batch, now=T0, probe=True)
+    assert r.new == [(SCENE, "new")] and r.duplicates == [(SCENE, "known")] and r.points == 5
+    await assert_reconciled(db, citizen)
+
+
 async def test_credit_duplicate_check_is_an_index_probe_whatever_the_plan(
         db: Database) -> None:
     """The credit's duplicate check probes the unique index once per event, in the generic
