@@ -4,9 +4,9 @@ caller's one transaction, set-based (a handful of statements per batch, none per
 - Art. 31: the reduction rule and the conversion rule **in force at ``occurred_at``** are
   applied (both are versioned; the entry records the versions used).
 - Caps: per event (the rule's ``cap_grams_per_event``), then per citizen, scene and
-  behaviour per Asia/Shanghai business day and per business year, computed for the whole batch
-  in one SQL statement against ``ingest_cap_usage`` (updated in the same statement). Within a
-  batch a citizen's events take the cap in ``occurred_at`` order.
+  behaviour per Asia/Shanghai business day and per business year, for the whole batch: one
+  statement reads the batch's rows of ``ingest_cap_usage``, one adds what was granted. Within
+  a batch a citizen's events take the cap in ``occurred_at`` order.
 - Events that cannot be processed (no rule at ``occurred_at``) go to the dead-letter table.
 
 The statements run on the session's own asyncpg connection (same transaction) with typed
@@ -183,56 +183,37 @@ SELECT count(pg_advisory_xact_lock($1::int4, b)) FROM
   (SELECT b FROM unnest($2::int4[]) AS b ORDER BY b) AS t
 """
 
-# One statement: each event's grams after the daily and yearly caps, and the usage rows
-# moved by what was granted (upserted: a missing row starts at 0). Greedy in ``ord``
-# (occurred_at) order: an event gets min(its grams, what is left of the cap after the
-# earlier events of the batch).
-_APPLY_CAPS = """
-WITH ev AS (
-    SELECT * FROM unnest($1::int4[], $2::uuid[], $3::uuid[], $4::text[], $5::date[],
-                         $6::int8[], $7::int8[], $8::int8[])
-        AS t(ord, citizen_id, scene_id, behaviour, day, grams, day_cap, year_cap)
-),
-d AS (
-    SELECT ev.*, make_date(extract(year FROM ev.day)::int, 1, 1) AS yr,
-           CASE WHEN ev.day_cap IS NULL THEN ev.grams ELSE GREATEST(0::int8, LEAST(ev.grams,
-             ev.day_cap - COALESCE(u.used_grams, 0)
-             - ((sum(ev.grams) OVER w)::int8 - ev.grams))) END AS dg
-    FROM ev LEFT JOIN ingest_cap_usage u
-      ON u.citizen_id = ev.citizen_id AND u.scene_id = ev.scene_id
-     AND u.behaviour = ev.behaviour AND u.kind = 'd' AND u.period = ev.day
-    WINDOW w AS (PARTITION BY ev.citizen_id, ev.scene_id, ev.behaviour, ev.day ORDER BY ev.ord)
-),
-y AS (
-    SELECT d.*, CASE WHEN d.year_cap IS NULL THEN d.dg ELSE GREATEST(0::int8, LEAST(d.dg,
-             d.year_cap - COALESCE(u.used_grams, 0)
-             - ((sum(d.dg) OVER w)::int8 - d.dg))) END AS g
-    FROM d LEFT JOIN ingest_cap_usage u
-      ON u.citizen_id = d.citizen_id AND u.scene_id = d.scene_id
-     AND u.behaviour = d.behaviour AND u.kind = 'y' AND u.period = d.yr
-    WINDOW w AS (PARTITION BY d.citizen_id, d.scene_id, d.behaviour, d.yr ORDER BY d.ord)
-),
-moved AS (
-    SELECT citizen_id, scene_id, behaviour, 'd' AS kind, day AS period, sum(g)::int8 AS add
-      FROM y WHERE day_cap IS NOT NULL GROUP BY citizen_id, scene_id, behaviour, day
-    UNION ALL
-    SELECT citizen_id, scene_id, behaviour, 'y', yr, sum(g)::int8
-      FROM y WHERE year_cap IS NOT NULL GROUP BY citizen_id, scene_id, behaviour, yr
-),
-upd AS (
-    INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period,
-                                      used_grams)
-    SELECT citizen_id, scene_id, behaviour, kind, period, add FROM moved WHERE add > 0
-    ORDER BY citizen_id, scene_id, behaviour, kind, period
-    ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
-    DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
-)
-SELECT ord, g FROM y
+# The batch's usage rows (what earlier batches granted), one index probe per row.
+_CAP_USAGE = """
+SELECT k.ord, u.used_grams
+FROM unnest($1::int4[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::date[])
+     AS k(ord, citizen_id, scene_id, behaviour, kind, period)
+JOIN ingest_cap_usage u ON u.citizen_id = k.citizen_id AND u.scene_id = k.scene_id
+ AND u.behaviour = k.behaviour AND u.kind = k.kind AND u.period = k.period
 """
+
+# What the batch granted, added to the usage rows (a missing row starts at 0). The rows are
+# upserted in key order, so two batches never wait on each other's rows in opposite orders.
+_ADD_CAP_USAGE = """
+INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period, used_grams)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[], $6::int8[])
+ORDER BY 1, 2, 3, 4, 5
+ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
+DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
+"""
+
+_CapKey = tuple[UUID, UUID, str, str, dt.date]
 
 
 async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
-    """Each event's grams after the daily and yearly caps (and record what was used)."""
+    """Each event's grams after the daily and yearly caps (and record what was used).
+
+    Greedy in ``occurred_at`` order (batch order on ties): an event gets the least of its
+    grams and what is left of its day's and its year's cap after the earlier batches (the
+    usage rows) and the batch's earlier events. One statement reads the usage rows of the
+    batch's (citizen, scene, behaviour, period) keys, the arithmetic is done here, one
+    statement adds what was granted.
+    """
     granted = list(priced.grams)
     events, day_caps, year_caps = priced.events, priced.day_cap, priced.year_cap
     capped = [i for i in range(len(events))
@@ -241,17 +222,51 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
         return granted
     capped.sort(key=lambda i: (events[i].occurred_at, i))
     days = priced.day
-    buckets = sorted({bucket_of(events[i].citizen_id) for i in capped})
+    day_key: dict[int, _CapKey] = {}
+    year_key: dict[int, _CapKey] = {}
+    keys: dict[_CapKey, int] = {}  # key → its position in the lookup
+    for i in capped:
+        ev = events[i]
+        if day_caps[i] is not None:
+            k = day_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "d", days[i])
+            keys.setdefault(k, len(keys))
+        if year_caps[i] is not None:
+            k = year_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "y",
+                               days[i].replace(month=1, day=1))
+            keys.setdefault(k, len(keys))
+    buckets = {bucket_of(c) for c in {k[0] for k in keys}}
     conn = await driver(session)
-    await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
-    rows = await conn.fetch(
-        _APPLY_CAPS, capped, [events[i].citizen_id for i in capped],
-        [events[i].scene_id for i in capped], [events[i].behaviour for i in capped],
-        [days[i] for i in capped], [priced.grams[i] for i in capped],
-        [day_caps[i] for i in capped], [year_caps[i] for i in capped],
-    )
-    for ord_, g in rows:
-        granted[ord_] = g
+    await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, sorted(buckets))
+    key_list = list(keys)
+    columns = list(zip(*key_list, strict=True))
+    rows = await conn.fetch(_CAP_USAGE, list(range(len(key_list))), *columns)
+    used = [0] * len(key_list)
+    for ord_, grams in rows:
+        used[ord_] = grams
+    added = [0] * len(key_list)
+    for i in capped:
+        g = granted[i]
+        dk = day_key.get(i)
+        yk = year_key.get(i)
+        if dk is not None:
+            d = keys[dk]
+            g = max(0, min(g, day_caps[i] - used[d]))  # type: ignore[operator]
+        if yk is not None:
+            y = keys[yk]
+            g = max(0, min(g, year_caps[i] - used[y]))  # type: ignore[operator]
+        granted[i] = g
+        if g:
+            if dk is not None:
+                used[d] += g
+                added[d] += g
+            if yk is not None:
+                used[y] += g
+                added[y] += g
+    moved = [j for j in range(len(key_list)) if added[j]]
+    if moved:
+        await conn.execute(
+            _ADD_CAP_USAGE, *([col[j] for j in moved] for col in columns),
+            [added[j] for j in moved])
     return granted
 
 
