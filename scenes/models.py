@@ -80,6 +80,9 @@ class Scene(Base):
     is_demo: Mapped[bool] = mapped_column(Boolean, server_default=false())
     created_at: Mapped[datetime] = mapped_column(TS)
     updated_at: Mapped[datetime] = mapped_column(TS)
+    # Bumped by a trigger on every change of the scene's consents or partner links (0011);
+    # never written by the application.
+    links_version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class SceneClient(Base):
@@ -247,3 +250,19 @@ class PartnerLink(Base):
     partner_user_ref: Mapped[str] = mapped_column(String(128))
     consent_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("consents.id"))
     linked_at: Mapped[datetime] = mapped_column(TS)
+
+
+class SceneLinkChange(Base):
+    """One change of a scene's consents or partner links, logged by a trigger (0011) under
+    the scene's new ``links_version``; ingestion's link cache replays these to drop exactly
+    the entries that changed. Trimmed after a day (:func:`scenes.lookup.trim_link_changes`).
+    """
+
+    __tablename__ = "scene_link_changes"
+    __table_args__ = (Index("ix_scene_link_changes_changed_at", "changed_at"),)
+
+    scene_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    citizen_id: Mapped[uuid.UUID] = mapped_column()
+    partner_user_ref: Mapped[str | None] = mapped_column(String(128))
+    changed_at: Mapped[datetime] = mapped_column(TS, server_default=text("now()"))
