@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
+import uvloop
 from rich.console import Console
 
 from app.settings import get_settings
@@ -33,7 +33,7 @@ def run_with_runtime(fn: Callable[..., Awaitable[T]], *, start_bus: bool = False
         finally:
             await runtime.close()
 
-    return asyncio.run(main())
+    return uvloop.run(main())  # the same event loop as `serve` (uvicorn's uvloop)
 
 
 @cli.command()

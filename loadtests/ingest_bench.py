@@ -300,19 +300,19 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-async def _cpu_snapshot(stack: Stack, runtime: Any) -> dict[str, float]:
+async def _cpu_snapshot(stack: Stack, runtime: Any, *, api: bool = True) -> dict[str, float]:
     """CPU seconds so far of the API processes, the worker processes and the database
     backends of this run (Redis and the broker are shared servers: not attributed)."""
     from sqlalchemy import text
 
-    api = stack.procs[0].pid
-    workers = [p.pid for p in stack.procs[1:]]
+    api_pid = stack.procs[0].pid if api else None
+    workers = [p.pid for p in stack.procs[1 if api else 0:]]
     async with runtime.db.session() as s:
         backends = (await s.execute(text(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))).scalars()
         db = sum(_proc_cpu(p) for p in backends)
     return {
-        "api": sum(_proc_cpu(p) for p in _tree(api)),
+        **({"api": sum(_proc_cpu(p) for p in _tree(api_pid))} if api_pid else {}),
         "worker": sum(_proc_cpu(p) for w in workers for p in _tree(w)),
         "db": db,
     }
@@ -479,6 +479,9 @@ def command(
     worker_procs: Annotated[int, typer.Option(help="points-worker processes")] = 2,
     wait: Annotated[float, typer.Option(help="seconds to wait for crediting")] = 900,
     keep: Annotated[bool, typer.Option(help="keep the scratch database")] = False,
+    stage: Annotated[str, typer.Option(
+        help="all: partners over HTTP to the ledger | worker: events put on the bus "
+             "directly, the points workers alone measured")] = "all",
 ) -> None:
     """Partner batches → bus → worker → ledger: accept rate, end-to-end rate, COPY baseline."""
     import orjson
@@ -489,6 +492,8 @@ def command(
         raise typer.BadParameter("mode is full or embedded")
     if not 1 <= batch <= 1000:
         raise typer.BadParameter("batch is 1..1000")
+    if stage not in ("all", "worker"):
+        raise typer.BadParameter("stage is all or worker")
     console = Console(stderr=True)
 
     def _terminated(signum: int, frame: Any) -> None:
@@ -499,12 +504,16 @@ def command(
     asyncio.run(_admin(stack, f'CREATE DATABASE "{stack.db_name}"'))
     try:
         _use_env(stack)
-        figures = asyncio.run(_run(stack, console, events, citizens, batch, clients,
-                                   connections, api_workers, worker_procs, wait))
+        if stage == "worker":
+            figures = asyncio.run(_run_workers(stack, console, events, citizens, batch,
+                                               worker_procs, wait))
+        else:
+            figures = asyncio.run(_run(stack, console, events, citizens, batch, clients,
+                                       connections, api_workers, worker_procs, wait))
     finally:
         _stop_all(stack)
         _cleanup(stack, keep)
-    table = Table(title=f"ingest benchmark ({mode}, {figures['bus']})")
+    table = Table(title=f"ingest benchmark ({mode}, stage {stage}, {figures['bus']})")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for k, v in figures.items():
@@ -512,7 +521,8 @@ def command(
     Console().print(table)
     keys = ("mode", "events", "accept_per_s", "e2e_per_s", "copy_per_s", "ratio", "lost",
             "duplicated")
-    last = {k: figures[k] for k in keys} | {k: v for k, v in figures.items() if k not in keys}
+    last = {k: figures[k] for k in keys if k in figures} | {
+        k: v for k, v in figures.items() if k not in keys}
     print(orjson.dumps(last).decode(), flush=True)
 
 
@@ -603,6 +613,75 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
             "worker_processes": worker_procs, "bus": runtime.bus.name,
             "send_s": round(sent_done - began, 2), "e2e_s": round(done - began, 2),
             # CPU microseconds per event, by component (database: this run's backends)
+            **{f"cpu_us_per_event_{k}": round((cpu1[k] - cpu0[k]) * 1e6 / max(1, n), 1)
+               for k in cpu0},
+        }
+    finally:
+        await runtime.close()
+
+
+async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
+                       worker_procs: int, wait_s: float) -> dict[str, Any]:
+    """The points workers alone: N accepted events are put on the bus as the API would (one
+    message per request and citizen bucket), then the workers credit them; the clock runs
+    from the first publish to the last credit. Shows the workers' capacity apart from the
+    API's."""
+    from sqlalchemy import text
+
+    from app import clock
+    from app.migrations import upgrade
+    from app.runtime import open_runtime
+    from app.settings import get_settings
+    from ingestion.schemas import BusEvent
+    from ingestion.service import publish_events
+
+    settings = get_settings()
+    await upgrade(settings.database_url or "")
+    runtime = await open_runtime(settings)
+    try:
+        prepared = await _prepare(runtime, k)
+        async with runtime.db.session() as s:
+            citizen_of: dict[str, uuid.UUID] = dict((await s.execute(text(
+                "SELECT partner_user_ref, citizen_id FROM partner_links "
+                "WHERE scene_id = :s"), {"s": prepared.scene_id})).tuples().all())
+        citizens = [citizen_of[r] for r in prepared.refs]
+        for _ in range(worker_procs):
+            _spawn(stack, ["worker"])
+        now = clock.now()
+
+        def requests(run: str, count: int) -> list[list[BusEvent]]:
+            out = []
+            for start in range(0, count, batch):
+                out.append([
+                    BusEvent(prepared.scene_id, f"{run}-{i}", citizens[(i * 31) % len(citizens)],
+                             prepared.behaviour, 1500 + (i % 9) * 1000,
+                             now - dt.timedelta(seconds=(i * 7919) % 72_000), now)
+                    for i in range(start, min(start + batch, count))])
+            return out
+
+        for evs in requests("warm", 1000):
+            await publish_events(runtime, evs)
+        await _wait_credited(runtime, prepared.scene_id, 1000, wait_s, 0.0)
+        console.print("warmed up: 1,000 events through the workers")
+        work = requests(secrets.token_hex(3), n)
+        cpu0 = await _cpu_snapshot(stack, runtime, api=False)
+        began = time.time()
+        for evs in work:
+            await publish_events(runtime, evs)
+        published = time.time()
+        done = await _wait_credited(runtime, prepared.scene_id, n + 1000, wait_s, published)
+        cpu1 = await _cpu_snapshot(stack, runtime, api=False)
+        total, distinct = await _credited(runtime, prepared.scene_id)
+        total, distinct = total - 1000, distinct - 1000
+        copy_per_s = await _copy_baseline(runtime, n)
+        rate = distinct / (done - began)
+        return {
+            "mode": stack.mode, "stage": "worker", "events": n,
+            "credited_per_s": round(rate, 1), "copy_per_s": round(copy_per_s, 1),
+            "ratio": round(rate / copy_per_s, 3), "lost": n - distinct,
+            "duplicated": total - distinct, "publish_s": round(published - began, 2),
+            "credit_s": round(done - began, 2), "citizens": k,
+            "worker_processes": worker_procs, "bus": runtime.bus.name,
             **{f"cpu_us_per_event_{k}": round((cpu1[k] - cpu0[k]) * 1e6 / max(1, n), 1)
                for k in cpu0},
         }
