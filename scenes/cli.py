@@ -1,4 +1,6 @@
-"""``tanhui scenes list|rules``: the scenes and the published rules, as the public sees them."""
+"""``tanhui scenes list|rules``: the scenes and the published rules, as the public sees them;
+``tanhui scenes trim-link-changes``: the link cache's change log, trimmed by hand (``serve``
+also trims it every hour)."""
 
 from __future__ import annotations
 
@@ -68,3 +70,20 @@ def rules(
                      c.valid_to.isoformat() if c.valid_to else "-",
                      "yes" if c.in_force else "")
     console.print(conv)
+
+
+@app.command("trim-link-changes")
+def trim_link_changes(
+    keep_hours: int = typer.Option(24, min=1, help="keep the changes of the last N hours"),
+) -> None:
+    """Delete the logged link and consent changes older than ``--keep-hours``."""
+    from datetime import timedelta
+
+    from app.cli import run_with_runtime
+    from scenes import service
+
+    async def go(runtime: Runtime) -> int:
+        async with runtime.db.transaction() as session:
+            return await service.trim_link_changes(session, keep=timedelta(hours=keep_hours))
+
+    console.print(f"deleted {run_with_runtime(go)} link change(s)")

@@ -2,13 +2,16 @@
 
 Re-exported by :mod:`scenes.service`. Caching decisions:
 
-- :func:`scene_for_ingest` keeps a per-process cache of :data:`SCENE_TTL_S` (1 s) per scene;
-  a status change made in this process drops the entry at once, and other processes see it
-  within 1 s. We chose a short TTL over a Redis version key because the Redis key would
-  cost a round trip on every batch anyway, while the database row is the truth; 1 s is the
-  bound on "refused at once" across processes (Art. 32).
-- :func:`resolve_links` is never cached: a revocation must take effect on the next batch
-  (Art. 34). It is one indexed query per batch.
+- :func:`links_for_ingest` (ingestion's path) reads the scene and its ``links_version`` in one
+  query per batch and keeps the links of partner user refs in a per-process
+  :class:`LinkCache`. Every change of a scene's consents or partner links bumps that version
+  and logs the citizen (and ref) in ``scene_link_changes`` (triggers, migration 0011); a
+  batch that finds a newer version drops exactly the changed entries before answering. So a
+  revocation, a new link or a suspension counts from the next batch (Art. 32, Art. 34) in
+  every process, and a steady stream of batches costs one indexed single-row query each.
+- :func:`scene_for_ingest` (other callers) keeps a per-process cache of :data:`SCENE_TTL_S`
+  (1 s) per scene; a status change made in this process drops the entry at once.
+- :func:`resolve_links` is never cached: one indexed query per call.
 - :func:`rulebook` is one query per batch returning every published version for the asked
   (scene, behaviour) pairs plus every published conversion version; published versions only
   ever gain an end when superseded, so nothing stale can be served.
@@ -16,20 +19,30 @@ Re-exported by :mod:`scenes.service`. Caching decisions:
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TypeVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
+import asyncpg
+import structlog
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import String, Uuid
 
+from app import clock
 from scenes.errors import SceneNotActive, SceneUnknown
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+log = structlog.get_logger()
 
 SCENE_TTL_S = 1.0
 MILLI = 1_000
@@ -125,23 +138,30 @@ class Link:
         return bool(self.intervals) and self.intervals[-1][1] is None
 
 
+# The links of a batch's refs with every consent of their citizen in the scene, oldest first.
+_LINKS_SELECT = (
+    "SELECT l.partner_user_ref, l.citizen_id, "
+    "array_agg(c.id ORDER BY c.granted_at) AS ids, "
+    "array_agg(c.granted_at ORDER BY c.granted_at) AS granted, "
+    "array_agg(c.revoked_at ORDER BY c.granted_at) AS revoked "
+    "FROM partner_links l JOIN consents c "
+    "ON c.citizen_id = l.citizen_id AND c.scene_id = l.scene_id "
+    "WHERE l.scene_id = {scene} AND l.partner_user_ref = ANY({refs}) "
+    "GROUP BY l.partner_user_ref, l.citizen_id"
+)
+
+
 async def resolve_links(
     session: AsyncSession, scene_id: UUID, partner_user_refs: Sequence[str]
 ) -> dict[str, Link]:
-    """The links of a batch's partner user references in one query; unknown refs are absent."""
+    """The links of a batch's partner user references in one query; unknown refs are absent.
+
+    Never cached; ingestion uses :func:`links_for_ingest`."""
     refs = list(dict.fromkeys(partner_user_refs))
     if not refs:
         return {}
-    stmt = text(
-        "SELECT l.partner_user_ref, l.citizen_id, "
-        "array_agg(c.id ORDER BY c.granted_at) AS ids, "
-        "array_agg(c.granted_at ORDER BY c.granted_at) AS granted, "
-        "array_agg(c.revoked_at ORDER BY c.granted_at) AS revoked "
-        "FROM partner_links l JOIN consents c "
-        "ON c.citizen_id = l.citizen_id AND c.scene_id = l.scene_id "
-        "WHERE l.scene_id = :scene AND l.partner_user_ref = ANY(:refs) "
-        "GROUP BY l.partner_user_ref, l.citizen_id"
-    ).bindparams(bindparam("refs", type_=ARRAY(String())), bindparam("scene", type_=Uuid()))
+    stmt = text(_LINKS_SELECT.format(scene=":scene", refs=":refs")).bindparams(
+        bindparam("refs", type_=ARRAY(String())), bindparam("scene", type_=Uuid()))
     rows = (await session.execute(stmt, {"scene": scene_id, "refs": refs})).all()
     return {
         r.partner_user_ref: Link(
@@ -152,6 +172,220 @@ async def resolve_links(
         )
         for r in rows
     }
+
+
+# --- the link cache of ingestion ------------------------------------------------------------
+
+MAX_CACHED_REFS = 1_000_000  # refs (linked or not) cached per process, all scenes together
+MAX_REPLAY = 10_000  # a cache further behind than this many changes drops the scene's entries
+LINK_CHANGES_KEPT = timedelta(days=1)  # how long the change log is kept
+TRIM_INTERVAL_S = 3600.0
+
+_SCENE_VERSION_SQL = text(
+    "SELECT s.links_version, s.code, s.status, s.claim_window_days, "
+    "ARRAY(SELECT b.code FROM scene_behaviours b WHERE b.scene_id = s.id ORDER BY b.code) "
+    "FROM scenes s WHERE s.id = :id"
+).bindparams(bindparam("id", type_=Uuid()))
+_CHANGES_SQL = (
+    "SELECT citizen_id, partner_user_ref FROM scene_link_changes "
+    "WHERE scene_id = $1 AND version > $2 AND version <= $3"
+)
+_LINKS_SQL = _LINKS_SELECT.format(scene="$1", refs="$2::text[]")
+_MISS: Any = object()
+
+
+@dataclass(slots=True, eq=False)
+class _SceneLinks:
+    """One scene's cached links, valid as of ``version`` of the scene's ``links_version``:
+    every change up to that version has been applied, and every entry was read by a
+    statement that saw at least that version. ``None`` caches "not linked": linking the ref
+    logs the ref itself, which drops the entry."""
+
+    version: int
+    refs: dict[str, Link | None] = field(default_factory=dict)
+    by_citizen: dict[UUID, str] = field(default_factory=dict)  # a citizen has one ref per scene
+
+    def forget(self) -> None:
+        self.refs = {}
+        self.by_citizen = {}
+
+    def advance(self, seen: int, version: int, changes: Sequence[Any] | None) -> None:
+        """Apply the changes ``(seen, version]`` (``None``: too many to replay)."""
+        if self.version >= version:
+            return  # another batch of this process applied them (or newer ones) meanwhile
+        if changes is None or len(changes) != version - seen:
+            # Too far behind, or the log was trimmed under us: replaying would not be exact.
+            self.forget()
+        else:
+            refs = self.refs
+            by_citizen = self.by_citizen
+            for citizen_id, ref in changes:
+                linked = by_citizen.pop(citizen_id, None)
+                if linked is not None:
+                    refs.pop(linked, None)
+                if ref is not None:
+                    refs.pop(ref, None)
+        self.version = version
+
+    def store(self, refs: Iterable[str], links: dict[str, Link]) -> None:
+        cached = self.refs
+        by_citizen = self.by_citizen
+        for ref in refs:
+            link = links.get(ref)
+            cached[ref] = link
+            if link is not None:
+                before = by_citizen.get(link.citizen_id)
+                if before is not None and before != ref:
+                    cached.pop(before, None)  # the citizen's link moved: the old ref is stale
+                by_citizen[link.citizen_id] = ref
+
+
+class LinkCache:
+    """Per-process cache of ``partner_user_ref`` → :class:`Link` (or "not linked") per scene,
+    kept exact by the scene's ``links_version`` and change log (see :func:`links_for_ingest`).
+    Holds at most ``max_refs`` refs: past that, a scene (then every scene) starts over."""
+
+    def __init__(self, max_refs: int = MAX_CACHED_REFS) -> None:
+        self.max_refs = max_refs
+        self.scenes: dict[UUID, _SceneLinks] = {}
+        self._infos: dict[UUID, tuple[tuple[Any, ...], SceneInfo]] = {}
+
+    def clear(self) -> None:
+        self.scenes.clear()
+        self._infos.clear()
+
+    def size(self) -> int:
+        return sum(len(s.refs) for s in self.scenes.values())
+
+    def cached(self, scene_id: UUID, ref: str) -> Link | bool | None:
+        """The cached answer for ``ref``: a link, None (not linked) or False (not cached)."""
+        state = self.scenes.get(scene_id)
+        if state is None or ref not in state.refs:
+            return False
+        return state.refs[ref]
+
+    def scene_info(self, scene_id: UUID, row: Sequence[Any]) -> SceneInfo:
+        key = (row[1], row[2], row[3], tuple(row[4]))
+        hit = self._infos.get(scene_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        info = SceneInfo(scene_id, row[1], row[2], row[3], frozenset(row[4]))
+        if len(self._infos) > 10_000:
+            self._infos.clear()
+        self._infos[scene_id] = (key, info)
+        return info
+
+    def store(self, state: _SceneLinks, refs: list[str], links: dict[str, Link]) -> None:
+        """Cache a batch's answers for ``refs``, making room first: over the cap the scene
+        starts over, and every scene if that is not enough."""
+        total = self.size()
+        if total + len(refs) > self.max_refs:
+            total -= len(state.refs)
+            state.forget()
+            if total + len(refs) > self.max_refs:
+                for other in self.scenes.values():
+                    other.forget()
+            if len(refs) > self.max_refs:
+                return
+        state.store(refs, links)
+
+
+link_cache = LinkCache()
+"""The process's cache, used by ingestion's API."""
+
+
+async def _driver(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session (its transaction already begun)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    drv: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    return drv
+
+
+def _link(r: Any) -> Link:
+    ids = r[2]
+    return Link(r[1], ids[-1], tuple(zip(r[3], r[4], strict=True)), tuple(ids))
+
+
+async def links_for_ingest(
+    session: AsyncSession, scene_id: UUID, refs: Iterable[str], *,
+    cache: LinkCache | None = None,
+) -> tuple[SceneInfo, dict[str, Link]]:
+    """The scene and the links of ``refs`` as of this batch (unlinked refs are absent).
+
+    Raises 404 ``scene.unknown``, and 409 ``scene.not_active`` unless the scene is active
+    (Art. 32). The scene is read fresh; links come from ``cache`` (default: the process's)
+    once every change of the scene's consents and links committed before this call has
+    dropped its entries, so a revocation or a new link counts from the next batch (Art. 34).
+    One query when nothing changed and every ref is cached; at most three.
+    """
+    cache = link_cache if cache is None else cache
+    # The version FIRST: under READ COMMITTED each later statement of this batch sees a
+    # snapshot at least as new, so the changes and links read below are never older than
+    # the version they are cached under.
+    row = (await session.execute(_SCENE_VERSION_SQL, {"id": scene_id})).first()
+    if row is None:
+        raise SceneUnknown()
+    version = row[0]
+    info = cache.scene_info(scene_id, row)
+    info.require_accepting()
+    state = cache.scenes.get(scene_id)
+    if state is None:
+        state = cache.scenes[scene_id] = _SceneLinks(version)
+    elif state.version < version:
+        seen = state.version
+        changes = None
+        if version - seen <= MAX_REPLAY:
+            changes = await (await _driver(session)).fetch(_CHANGES_SQL, scene_id, seen, version)
+        # Other batches of this process may have advanced the state meanwhile: advance()
+        # applies only what is still newer, and never moves the version back.
+        state.advance(seen, version, changes)
+    cached = state.refs
+    found: dict[str, Link] = {}
+    missing: list[str] = []
+    for ref in refs:
+        link = cached.get(ref, _MISS)
+        if link is _MISS:
+            missing.append(ref)
+        elif link is not None:
+            found[ref] = link
+    if missing:
+        rows = await (await _driver(session)).fetch(_LINKS_SQL, scene_id, missing)
+        fetched = {r[0]: _link(r) for r in rows}
+        found.update(fetched)
+        # Cache them only if no newer change was applied while the query ran: this read may
+        # predate that change, and the change's eviction has already happened.
+        if cache.scenes.get(scene_id) is state and state.version == version:
+            cache.store(state, missing, fetched)
+    return info, found
+
+
+async def trim_link_changes(
+    session: AsyncSession, *, keep: timedelta = LINK_CHANGES_KEPT, now: datetime | None = None
+) -> int:
+    """Delete the link changes logged more than ``keep`` ago; returns how many. A cache
+    further behind than what is left notices the gap and starts the scene over."""
+    cutoff = (now or clock.now()) - keep
+    result = await session.execute(
+        text("DELETE FROM scene_link_changes WHERE changed_at < :cutoff"), {"cutoff": cutoff})
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def run_link_change_trim(
+    runtime: Runtime, stop: asyncio.Event, *, interval_s: float = TRIM_INTERVAL_S
+) -> None:
+    """Run :func:`trim_link_changes` now and every ``interval_s`` seconds until ``stop``.
+    Several processes may run it: the deletes do not conflict."""
+    while not stop.is_set():
+        try:
+            async with runtime.db.transaction() as session:
+                deleted = await trim_link_changes(session)
+            if deleted:
+                log.info("scene_link_changes_trimmed", deleted=deleted)
+        except Exception:  # keep the schedule alive; the next run catches up
+            log.exception("scene_link_changes_trim_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
 
 @dataclass(frozen=True, slots=True)

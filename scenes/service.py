@@ -1,8 +1,9 @@
 """Scenes (低碳场景, Art. 32): registration, status, partner credentials, behaviours, and the
 disclosure reads (Art. 36). Also the public face of the package for other domains:
 
-- ingestion and the points worker call :func:`scene_for_ingest`, :func:`resolve_links` and
-  :func:`rulebook` (see :mod:`scenes.lookup` for their caching);
+- ingestion calls :func:`links_for_ingest` and :func:`rulebook`, other readers
+  :func:`scene_for_ingest` and :func:`resolve_links` (see :mod:`scenes.lookup` for their
+  caching); ``tanhui serve`` runs :func:`run_link_change_trim`;
 - rules live in :mod:`scenes.rules`, consent and linking in :mod:`scenes.consent`.
 
 Every admin write here appends to the audit log in the caller's transaction.
@@ -27,13 +28,17 @@ from scenes.errors import CategoryUnknown, SceneNotActive, SceneUnknown
 from scenes.lookup import (
     ConversionRule,
     Link,
+    LinkCache,
     ReductionRule,
     RuleBook,
     SceneInfo,
     invalidate_scene,
+    links_for_ingest,
     resolve_links,
     rulebook,
+    run_link_change_trim,
     scene_for_ingest,
+    trim_link_changes,
 )
 from scenes.models import Behaviour, Scene, SceneCategory, SceneClient
 from scenes.schemas import (
@@ -51,12 +56,16 @@ from scenes.schemas import (
 __all__ = [
     "ConversionRule",
     "Link",
+    "LinkCache",
     "ReductionRule",
     "RuleBook",
     "SceneInfo",
+    "links_for_ingest",
     "resolve_links",
     "rulebook",
+    "run_link_change_trim",
     "scene_for_ingest",
+    "trim_link_changes",
 ]
 
 # Art. 32: a scene may pause (suspended) and resume; ending is final.
