@@ -245,16 +245,16 @@ async def check_batch(
 ) -> CheckedBatch:
     """Every event's outcome against the scene, the partner's links and consents, the rules.
 
-    Three queries for the whole batch (the scene and the rules are cached for a second; the
-    links and consents are read fresh, so a revocation counts from the next batch); no ORM
-    object per event.
+    One query per batch in the steady state: the scene and its links version are read fresh,
+    the links come from the process's link cache once the changes since its version are
+    dropped (so a suspension, a revocation or a new link counts from the next batch), the
+    rules are cached for a second; no ORM object per event.
     """
     now = now or clock.now()
     limits = limits or limits_of()
-    scene = await scenes.scene_for_ingest(session, scene_id)
-    scene.require_accepting()  # Art. 32: a suspended or ended scene's events are refused
-    refs = list({e.partner_user_ref for e in events})
-    links = await scenes.resolve_links(session, scene_id, refs)
+    # Art. 32: a suspended or ended scene's events are refused (409 scene.not_active).
+    scene, links = await scenes.links_for_ingest(
+        session, scene_id, {e.partner_user_ref for e in events})
     behaviours = scene.behaviours
     rules = await _rulebook(
         session, {(scene_id, b) for b in {e.behaviour for e in events} if b in behaviours}
