@@ -29,8 +29,9 @@ def background_tasks(settings: Settings) -> list[BackgroundTask]:
     from ingestion.worker import run_forever as run_points_worker
     from mall.jobs import run_voucher_expiry
     from points.jobs import run_scheduler as run_points_scheduler
+    from scenes.service import run_link_change_trim
 
-    return [run_points_worker, run_points_scheduler, run_voucher_expiry]
+    return [run_points_worker, run_points_scheduler, run_voucher_expiry, run_link_change_trim]
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
