@@ -9,8 +9,11 @@ caller's one transaction, set-based (a handful of statements per batch, none per
   a batch a citizen's events take the cap in ``occurred_at`` order.
 - Events that cannot be processed (no rule at ``occurred_at``) go to the dead-letter table.
 
-The statements run on the session's own asyncpg connection (same transaction) with typed
-array parameters: the batch crosses the wire as a dozen arrays, not as rows.
+Columnar and cheap per event: the worker decodes the bus messages into
+:class:`~ingestion.schemas.WorkerEvent` (UUIDs as 16 raw bytes), prices them in one pass into
+columns, and hands the columns to :func:`points.service.credit_columns`, which COPYs them. A
+UUID becomes a string once per distinct value, for the database. The statements run on the
+session's own asyncpg connection (same transaction).
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ingestion import errors as E
-from ingestion.schemas import ENVELOPE_VERSION, BusEvent, Envelope, bucket_of, bus_encoder
+from ingestion.schemas import (
+    ENVELOPE_VERSION,
+    WorkerEnvelope,
+    WorkerEvent,
+    bucket_of_raw,
+    bus_encoder,
+)
 
 SHANGHAI = dt.timedelta(hours=8)  # Asia/Shanghai: UTC+8, no daylight saving since 1991
 
@@ -57,37 +66,46 @@ class Outcome:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-def dead_event(ev: BusEvent, key: bytes, code: str, reason: str) -> DeadLetter:
+def dead_event(ev: WorkerEvent, key: bytes, code: str, reason: str) -> DeadLetter:
     return DeadLetter(
-        key=key, payload=bus_encoder.encode(Envelope(ENVELOPE_VERSION, [ev])),
-        reason_code=code, reason=reason, scene_id=ev.scene_id, event_id=ev.event_id,
+        key=key, payload=bus_encoder.encode(WorkerEnvelope(ENVELOPE_VERSION, [ev])),
+        reason_code=code, reason=reason, scene_id=UUID(bytes=ev.scene_id),
+        event_id=ev.event_id,
     )
+
+
+def uuid_text(raw: bytes) -> str:
+    """A 16-byte UUID as the hex text PostgreSQL (and asyncpg) take for a uuid."""
+    return raw.hex()
 
 
 @dataclass(slots=True)
 class Priced:
     """A batch's events with their rules applied, before the daily and yearly caps, as
-    columns (one list per field, aligned)."""
+    columns (one list per field, aligned). ``day`` is the Asia/Shanghai business date of a
+    capped event (None when its rule has no day or year cap); the rule version ids are
+    UUID strings."""
 
-    events: list[BusEvent] = field(default_factory=list)
-    day: list[dt.date] = field(default_factory=list)
+    events: list[WorkerEvent] = field(default_factory=list)
+    day: list[dt.date | None] = field(default_factory=list)
     grams: list[int] = field(default_factory=list)
     day_cap: list[int | None] = field(default_factory=list)
     year_cap: list[int | None] = field(default_factory=list)
     grams_per_point: list[int] = field(default_factory=list)
-    reduction_rule: list[UUID] = field(default_factory=list)
-    conversion_rule: list[UUID] = field(default_factory=list)
+    reduction_rule: list[str] = field(default_factory=list)
+    conversion_rule: list[str] = field(default_factory=list)
 
-    def add(self, ev: BusEvent, grams: int, day_cap: int | None, year_cap: int | None,
+    def add(self, ev: WorkerEvent, grams: int, day_cap: int | None, year_cap: int | None,
             grams_per_point: int, reduction_rule: UUID, conversion_rule: UUID) -> None:
         self.events.append(ev)
-        self.day.append(business_date(ev.occurred_at))
+        self.day.append(business_date(ev.occurred_at)
+                        if day_cap is not None or year_cap is not None else None)
         self.grams.append(grams)
         self.day_cap.append(day_cap)
         self.year_cap.append(year_cap)
         self.grams_per_point.append(grams_per_point)
-        self.reduction_rule.append(reduction_rule)
-        self.conversion_rule.append(conversion_rule)
+        self.reduction_rule.append(str(reduction_rule))
+        self.conversion_rule.append(str(conversion_rule))
 
     def __len__(self) -> int:
         return len(self.events)
@@ -96,14 +114,18 @@ class Priced:
 _VARIES = object()
 
 
-def _fixed_rules(events: Sequence[tuple[bytes, BusEvent]], rulebook: Any) -> tuple[
-        dict[tuple[UUID, str], Any], Any]:
+def rule_pairs(events: Sequence[WorkerEvent]) -> set[tuple[UUID, str]]:
+    """The (scene, behaviour) pairs of a batch, for :func:`scenes.service.rulebook`."""
+    return {(UUID(bytes=s), b) for s, b in {(ev.scene_id, ev.behaviour) for ev in events}}
+
+
+def _fixed_rules(events: Sequence[WorkerEvent], rulebook: Any) -> tuple[
+        dict[tuple[bytes, str], Any], Any]:
     """Per (scene, behaviour), the one reduction version in force over all the batch's
     events, else ``_VARIES``; likewise the conversion version. A version is in force over an
     interval: in force at the earliest and the latest ``occurred_at`` means at every one."""
-    span: dict[tuple[UUID, str], list[dt.datetime]] = {}
-    first = last = None
-    for _, ev in events:
+    span: dict[tuple[bytes, str], list[dt.datetime]] = {}
+    for ev in events:
         at = ev.occurred_at
         k = (ev.scene_id, ev.behaviour)
         seen = span.get(k)
@@ -113,16 +135,16 @@ def _fixed_rules(events: Sequence[tuple[bytes, BusEvent]], rulebook: Any) -> tup
             seen[0] = at
         elif at > seen[1]:
             seen[1] = at
-        if first is None or at < first:
-            first = at
-        if last is None or at > last:
-            last = at
-    fixed: dict[tuple[UUID, str], Any] = {}
+    fixed: dict[tuple[bytes, str], Any] = {}
+    first = last = None
     for (scene, behaviour), (lo, hi) in span.items():
-        rule = rulebook.rule_at(scene, behaviour, lo)
+        scene_id = UUID(bytes=scene)
+        rule = rulebook.rule_at(scene_id, behaviour, lo)
         fixed[(scene, behaviour)] = (
-            rule if rule is not None and rule is rulebook.rule_at(scene, behaviour, hi)
+            rule if rule is not None and rule is rulebook.rule_at(scene_id, behaviour, hi)
             else _VARIES)
+        first = lo if first is None or lo < first else first
+        last = hi if last is None or hi > last else last
     conversion: Any = _VARIES
     if first is not None:
         c = rulebook.conversion_at(first)
@@ -132,33 +154,58 @@ def _fixed_rules(events: Sequence[tuple[bytes, BusEvent]], rulebook: Any) -> tup
 
 
 def price_events(
-    events: Sequence[tuple[bytes, BusEvent]], rulebook: Any
+    events: Sequence[WorkerEvent], keys: Sequence[bytes], rulebook: Any
 ) -> tuple[Priced, list[DeadLetter]]:
     """Apply the reduction and conversion rules in force at each ``occurred_at`` and the
-    per-event cap (Art. 31); events without a rule become dead letters."""
+    per-event cap (Art. 31); events without a rule become dead letters. ``keys`` are the
+    events' bus keys (aligned), kept on their dead letters."""
     priced = Priced()
     dead: list[DeadLetter] = []
     fixed, fixed_conversion = _fixed_rules(events, rulebook)
-    for key, ev in events:
+    # One pass, appending to the columns directly (the method calls of ``Priced.add`` per
+    # event would cost as much as the pricing).
+    add_event, add_day, add_grams = priced.events.append, priced.day.append, \
+        priced.grams.append
+    add_day_cap, add_year_cap = priced.day_cap.append, priced.year_cap.append
+    add_gpp, add_rrv, add_crv = priced.grams_per_point.append, \
+        priced.reduction_rule.append, priced.conversion_rule.append
+    texts: dict[UUID, str] = {}
+    rule: Any = None
+    last_rule: Any = None
+    last_conversion: Any = None
+    rrv = crv = ""
+    for i, ev in enumerate(events):
+        at = ev.occurred_at
         rule = fixed[(ev.scene_id, ev.behaviour)]
         if rule is _VARIES:
-            rule = rulebook.rule_at(ev.scene_id, ev.behaviour, ev.occurred_at)
+            rule = rulebook.rule_at(UUID(bytes=ev.scene_id), ev.behaviour, at)
         if rule is None:
-            dead.append(dead_event(ev, key, E.DL_RULE_MISSING,
-                                   f"no reduction rule for {ev.behaviour} at {ev.occurred_at}"))
+            dead.append(dead_event(ev, keys[i], E.DL_RULE_MISSING,
+                                   f"no reduction rule for {ev.behaviour} at {at}"))
             continue
         conversion = fixed_conversion
         if conversion is _VARIES:
-            conversion = rulebook.conversion_at(ev.occurred_at)
+            conversion = rulebook.conversion_at(at)
         if conversion is None:
-            dead.append(dead_event(ev, key, E.DL_CONVERSION_MISSING,
-                                   f"no conversion rule at {ev.occurred_at}"))
+            dead.append(dead_event(ev, keys[i], E.DL_CONVERSION_MISSING,
+                                   f"no conversion rule at {at}"))
             continue
-        grams = rule.grams_for(ev.quantity_milli)
-        if rule.cap_grams_per_event is not None and grams > rule.cap_grams_per_event:
-            grams = rule.cap_grams_per_event
-        priced.add(ev, grams, rule.cap_grams_per_day, rule.cap_grams_per_year,
-                   conversion.grams_per_point, rule.version_id, conversion.version_id)
+        if rule is not last_rule:
+            last_rule = rule
+            rrv = texts.setdefault(rule.version_id, str(rule.version_id))
+        if conversion is not last_conversion:
+            last_conversion = conversion
+            crv = texts.setdefault(conversion.version_id, str(conversion.version_id))
+        day_cap, year_cap = rule.cap_grams_per_day, rule.cap_grams_per_year
+        add_event(ev)
+        add_grams(rule.grams_for(ev.quantity_milli))  # the per-event cap included
+        add_day((at + SHANGHAI).date()  # ``at`` is UTC: its Shanghai date
+                if day_cap is not None or year_cap is not None else None)
+        add_day_cap(day_cap)
+        add_year_cap(year_cap)
+        add_gpp(conversion.grams_per_point)
+        add_rrv(rrv)
+        add_crv(crv)
     return priced, dead
 
 
@@ -202,7 +249,7 @@ ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
 DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
 """
 
-_CapKey = tuple[UUID, UUID, str, str, dt.date]
+_CapKey = tuple[bytes, bytes, str, str, dt.date]
 
 
 async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
@@ -225,20 +272,29 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     day_key: dict[int, _CapKey] = {}
     year_key: dict[int, _CapKey] = {}
     keys: dict[_CapKey, int] = {}  # key → its position in the lookup
+    years: dict[dt.date, dt.date] = {}
     for i in capped:
         ev = events[i]
+        day = days[i]
+        assert day is not None
         if day_caps[i] is not None:
-            k = day_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "d", days[i])
+            k = day_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "d", day)
             keys.setdefault(k, len(keys))
         if year_caps[i] is not None:
-            k = year_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "y",
-                               days[i].replace(month=1, day=1))
+            year = years.get(day)
+            if year is None:
+                year = years[day] = day.replace(month=1, day=1)
+            k = year_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "y", year)
             keys.setdefault(k, len(keys))
-    buckets = {bucket_of(c) for c in {k[0] for k in keys}}
+    citizens = {k[0] for k in keys}
+    buckets = sorted({bucket_of_raw(c) for c in citizens})
     conn = await driver(session)
-    await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, sorted(buckets))
+    await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
     key_list = list(keys)
-    columns = list(zip(*key_list, strict=True))
+    texts = {raw: uuid_text(raw) for raw in citizens | {k[1] for k in keys}}
+    columns: list[list[Any]] = [list(c) for c in zip(*key_list, strict=True)]
+    columns[0] = [texts[c] for c in columns[0]]
+    columns[1] = [texts[c] for c in columns[1]]
     rows = await conn.fetch(_CAP_USAGE, list(range(len(key_list))), *columns)
     used = [0] * len(key_list)
     for ord_, grams in rows:

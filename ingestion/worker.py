@@ -15,7 +15,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Sequence
-from uuid import UUID
 
 import msgspec
 import structlog
@@ -31,9 +30,11 @@ from ingestion.crediting import (
     Outcome,
     apply_caps,
     price_events,
+    rule_pairs,
     store_dead_letters,
+    uuid_text,
 )
-from ingestion.schemas import BusEvent, bus_decoder
+from ingestion.schemas import WorkerEvent, worker_decoder
 from ingestion.service import ensure_topic, events_topic, tune_gc_once, worker_group
 
 log = structlog.get_logger()
@@ -46,33 +47,35 @@ GIVE_UP_AFTER = 5  # attempts at a batch that fails for a non-transient reason
 
 def decode_messages(
     messages: Sequence[Message],
-) -> tuple[list[tuple[bytes, BusEvent]], list[DeadLetter]]:
-    events: list[tuple[bytes, BusEvent]] = []
+) -> tuple[list[WorkerEvent], list[bytes], list[DeadLetter]]:
+    """The batch's events and their bus keys (aligned), and the undecodable messages."""
+    events: list[WorkerEvent] = []
+    keys: list[bytes] = []
     dead: list[DeadLetter] = []
     for m in messages:
         try:
-            envelope = bus_decoder.decode(m.value)
+            envelope = worker_decoder.decode(m.value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             dead.append(DeadLetter(m.key, m.value, E.DL_DECODE, str(exc)[:500]))
             continue
-        events.extend((m.key, ev) for ev in envelope.events)
-    return events, dead
+        events.extend(envelope.events)
+        keys.extend([m.key] * len(envelope.events))
+    return events, keys, dead
 
 
-class _Redo(Exception):
-    """Capped events of the batch were already credited: redo without them."""
-
-
-def _unique(events: list[tuple[bytes, BusEvent]]) -> tuple[list[tuple[bytes, BusEvent]], int]:
+def _unique(events: list[WorkerEvent], keys: list[bytes]) -> tuple[
+        list[WorkerEvent], list[bytes], int]:
     """Keep the first of each (scene, event_id) in the batch; count the repeats."""
-    seen: set[tuple[UUID, str]] = set()
-    kept: list[tuple[bytes, BusEvent]] = []
-    for item in events:
-        k = (item[1].scene_id, item[1].event_id)
+    seen: set[tuple[bytes, str]] = set()
+    kept: list[int] = []
+    for i, ev in enumerate(events):
+        k = (ev.scene_id, ev.event_id)
         if k not in seen:
             seen.add(k)
-            kept.append(item)
-    return kept, len(events) - len(kept)
+            kept.append(i)
+    if len(kept) == len(events):
+        return events, keys, 0
+    return [events[i] for i in kept], [keys[i] for i in kept], len(events) - len(kept)
 
 
 async def credit_messages(
@@ -83,70 +86,69 @@ async def credit_messages(
     A redelivered batch (the worker died after the database commit, before the bus commit)
     holds events already in the ledger. The first attempt writes as if every event were new;
     the ledger's unique index then refuses the write (``ConcurrentCredit``) and the batch is
-    redone looking each event up first. The caps must not count a duplicate twice: when
-    ``credit_batch`` reports duplicates among capped events, the transaction is rolled back
-    and redone without them (rare: only after a crash).
+    redone looking its events up in the ledger first: those are duplicates, left out before
+    the caps are computed, so the caps never count an event twice.
     """
-    topic = topic or events_topic(runtime.settings)
     from points.errors import ConcurrentCredit
 
-    decoded, dead = decode_messages(messages)
-    events, repeats = _unique(decoded)
-    skip: set[tuple[UUID, str]] = set()
+    topic = topic or events_topic(runtime.settings)
+    decoded, keys, dead = decode_messages(messages)
+    events, keys, repeats = _unique(decoded, keys)
     probe = False  # first as if every event were new: the ledger's unique index says if not
     for _ in range(4):
         try:
-            outcome = await _credit_once(runtime, topic, events, dead, skip, probe=probe)
+            outcome = await _credit_once(runtime, topic, events, keys, dead, probe=probe)
         except ConcurrentCredit:
             probe = True
             continue
-        except _Redo as redo:
-            skip |= redo.args[0]
-            continue
-        outcome.duplicates += repeats + len(skip)
+        outcome.duplicates += repeats
         return outcome
     raise RuntimeError("the batch kept meeting duplicates")
 
 
 async def _credit_once(
-    runtime: Runtime, topic: str, events: list[tuple[bytes, BusEvent]],
-    dead: list[DeadLetter], skip: set[tuple[UUID, str]], *, probe: bool = True,
+    runtime: Runtime, topic: str, events: list[WorkerEvent], keys: list[bytes],
+    dead: list[DeadLetter], *, probe: bool,
 ) -> Outcome:
     from points import service as points
     from scenes import service as scenes
 
-    if skip:
-        events = [e for e in events if (e[1].scene_id, e[1].event_id) not in skip]
     outcome = Outcome()
     now = clock.now()
     async with runtime.db.transaction() as session:
         dead = list(dead)
+        if events and probe:
+            known = await points.known_credits(
+                session, [uuid_text(ev.scene_id) for ev in events],
+                [ev.event_id for ev in events])
+            if known:
+                outcome.duplicates = len(known)
+                kept = [i for i in range(len(events)) if i not in known]
+                events, keys = [events[i] for i in kept], [keys[i] for i in kept]
         if events:
-            rulebook = await scenes.rulebook(
-                session, {(ev.scene_id, ev.behaviour) for _, ev in events}
-            )
-            priced, unpriced = price_events(events, rulebook)
+            rulebook = await scenes.rulebook(session, rule_pairs(events))
+            priced, unpriced = price_events(events, keys, rulebook)
             dead.extend(unpriced)
             granted = await apply_caps(session, priced)
-            credits = [
-                points.CreditIn(ev.citizen_id, ev.scene_id, ev.event_id, ev.behaviour,
-                                ev.occurred_at, g, gpp, rrv, crv)
-                for ev, g, gpp, rrv, crv in zip(
-                    priced.events, granted, priced.grams_per_point, priced.reduction_rule,
-                    priced.conversion_rule, strict=True)
-            ]
-            if credits:
-                result = await points.credit_batch(session, credits, now=now, probe=probe)
-                if result.duplicates:
-                    dup = set(result.duplicates)
-                    if any((ev.scene_id, ev.event_id) in dup
-                           and (priced.day_cap[i] is not None
-                                or priced.year_cap[i] is not None)
-                           for i, ev in enumerate(priced.events)):
-                        raise _Redo(dup)
-                outcome.credited = len(result.new)
-                outcome.duplicates = len(result.duplicates)
-                outcome.points = result.points
+            if priced.events:
+                evs = priced.events
+                scene_text: dict[bytes, str] = {}
+                for ev in evs:
+                    if ev.scene_id not in scene_text:
+                        scene_text[ev.scene_id] = uuid_text(ev.scene_id)
+                credits = points.CreditColumns(
+                    citizen=[ev.citizen_id for ev in evs],
+                    scene=[scene_text[ev.scene_id] for ev in evs],
+                    event_id=[ev.event_id for ev in evs],
+                    behaviour=[ev.behaviour for ev in evs],
+                    occurred_at=[ev.occurred_at for ev in evs],
+                    grams=granted,
+                    grams_per_point=priced.grams_per_point,
+                    reduction_rule=priced.reduction_rule,
+                    conversion_rule=priced.conversion_rule,
+                )
+                outcome.points, _ = await points.credit_columns(session, credits, now=now)
+                outcome.credited = len(credits)
         await store_dead_letters(session, topic, dead)
     outcome.dead = dead
     return outcome

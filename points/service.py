@@ -48,6 +48,7 @@ from points.errors import (
 __all__ = [
     "AccountDiff",
     "BalanceView",
+    "CreditColumns",
     "CreditIn",
     "CreditResult",
     "EntryView",
@@ -57,10 +58,12 @@ __all__ = [
     "balance",
     "check",
     "credit_batch",
+    "credit_columns",
     "expire_due",
     "export_ledger",
     "get_hold",
     "hold",
+    "known_credits",
     "list_lots",
     "open_holds",
     "redeem",
@@ -197,6 +200,40 @@ def _positive(points: int) -> int:
 # --------------------------------------------------------------------------- credit
 
 
+@dataclass(slots=True)
+class CreditColumns:
+    """Fresh credits as aligned columns: the points worker's form (no object per event).
+
+    ``citizen`` holds 16-byte citizen ids (``UUID.bytes``); ``scene``, ``reduction_rule`` and
+    ``conversion_rule`` hold UUIDs or UUID strings (asyncpg encodes either). The events are
+    distinct and not yet in the ledger, as far as the caller knows (see :func:`known_credits`).
+    """
+
+    citizen: list[bytes] = field(default_factory=list)
+    scene: list[Any] = field(default_factory=list)
+    event_id: list[str] = field(default_factory=list)
+    behaviour: list[str] = field(default_factory=list)
+    occurred_at: list[datetime] = field(default_factory=list)
+    grams: list[int] = field(default_factory=list)
+    grams_per_point: list[int] = field(default_factory=list)
+    reduction_rule: list[Any] = field(default_factory=list)
+    conversion_rule: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+
+async def known_credits(
+    session: AsyncSession, scenes: Sequence[Any], event_ids: Sequence[str]
+) -> set[int]:
+    """The positions of the ``(scene, event id)`` pairs already in the ledger (one probe of
+    the unique index each, whatever the ledger's size)."""
+    driver = await _driver(session)
+    rows = await driver.fetch(sql.LEDGER_DUPLICATES, scenes, event_ids,
+                              list(range(len(event_ids))))
+    return {r[0] for r in rows}
+
+
 async def credit_batch(
     session: AsyncSession, credits: Sequence[CreditIn], *, now: datetime | None = None,
     probe: bool = True,
@@ -210,78 +247,91 @@ async def credit_batch(
     created. After any sequence of credits at one rate, the points credited to an account
     equal floor(total grams / grams_per_point); the remainder is the account's gram carry.
 
-    The entries and lots are written with binary COPY (multi-row heap inserts, no per-value
-    array encoding), so the unique index refuses the whole write if any event is already in
-    the ledger: that raises :class:`ConcurrentCredit` and the caller's transaction is lost.
-    ``probe=True`` looks the batch's events up in the ledger first (one index probe each) so
-    that only another transaction's insert at the same moment can get there; the points
-    worker passes ``probe=False`` on its first attempt (a duplicate reaches the worker only
-    after a crash or a lost dedupe mark) and redoes the batch with ``probe=True`` on
-    :class:`ConcurrentCredit`.
+    ``probe=True`` looks the events up in the ledger once their accounts are locked; with
+    ``probe=False`` an event already in the ledger makes :func:`credit_columns` refuse the
+    whole batch (:class:`ConcurrentCredit`).
     """
     if not credits:
         return CreditResult(new=[], duplicates=[], points=0)
-    now = _now(now)
-    expires_at = now + timedelta(days=get_settings().points_validity_days)
-    cols: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
-    (citizens, scenes, events, behaviours, occurred, grams, rates, rrvs, crvs, ords) = cols
     seen: set[tuple[UUID, str]] = set()
+    kept: list[int] = []
     for i, c in enumerate(credits):
-        if c.grams < 0 or c.grams_per_point <= 0:
-            raise CreditInvalid(
-                f"event {c.event_id}: grams must be >= 0 and grams_per_point > 0"
-            )
         key = (c.scene_id, c.event_id)
-        if key in seen:  # repeated within the batch: the first occurrence counts
-            continue
-        seen.add(key)
-        citizens.append(c.citizen_id)
-        scenes.append(c.scene_id)
-        events.append(c.event_id)
-        behaviours.append(c.behaviour)
-        occurred.append(c.occurred_at)
-        grams.append(c.grams)
-        rates.append(c.grams_per_point)
-        rrvs.append(c.reduction_rule_version_id)
-        crvs.append(c.conversion_rule_version_id)
-        ords.append(i)
-    driver = await _driver(session)
-    accounts = await _lock_accounts(driver, citizens, now)
-    fresh = list(range(len(ords)))
-    if probe:
-        dup = {r[0] for r in await driver.fetch(sql.LEDGER_DUPLICATES, scenes, events, ords)}
-        if dup:
-            fresh = [k for k in fresh if ords[k] not in dup]
-    # In (occurred_at, batch order) order: each account's entries get ascending ids, and the
-    # conversion runs through each account's credits in that order.
-    fresh.sort(key=occurred.__getitem__)  # stable: ties stay in batch order
-    account_of = [accounts[citizens[k]][0] for k in fresh]
-    points, carries = _convert(
-        account_of, [grams[k] for k in fresh], [rates[k] for k in fresh],
-        {a: c for a, c in accounts.values()})
-    if fresh:
-        await _write_credits(driver, fresh, account_of, points, carries, cols, now, expires_at)
-    new_ords = {ords[k] for k in fresh}
+        if key not in seen:  # repeated within the batch: the first occurrence counts
+            seen.add(key)
+            kept.append(i)
+    cols = CreditColumns()
+    for i in kept:
+        c = credits[i]
+        cols.citizen.append(c.citizen_id.bytes)
+        cols.scene.append(c.scene_id)
+        cols.event_id.append(c.event_id)
+        cols.behaviour.append(c.behaviour)
+        cols.occurred_at.append(c.occurred_at)
+        cols.grams.append(c.grams)
+        cols.grams_per_point.append(c.grams_per_point)
+        cols.reduction_rule.append(c.reduction_rule_version_id)
+        cols.conversion_rule.append(c.conversion_rule_version_id)
+    points, known = await credit_columns(session, cols, now=now, skip_known=probe)
+    if known:
+        kept = [i for j, i in enumerate(kept) if j not in known]
+    new_ords = set(kept)
     new: list[tuple[UUID, str]] = []
     duplicates: list[tuple[UUID, str]] = []
     for i, c in enumerate(credits):
         (new if i in new_ords else duplicates).append((c.scene_id, c.event_id))
-    return CreditResult(new=new, duplicates=duplicates, points=sum(points))
+    return CreditResult(new=new, duplicates=duplicates, points=points)
 
 
-async def _write_credits(
-    driver: asyncpg.Connection, fresh: list[int], account_of: list[UUID], points: list[int],
-    carries: dict[UUID, int], cols: tuple[list[Any], ...], now: datetime,
-    expires_at: datetime,
-) -> None:
-    """COPY the entries and lots of the fresh credits, then add the points to the balances."""
-    (_, scenes, events, behaviours, occurred, grams, rates, rrvs, crvs, _) = cols
-    ids = sorted(await driver.fetchval(sql.ENTRY_IDS, len(fresh)))
+async def credit_columns(
+    session: AsyncSession, credits: CreditColumns, *, now: datetime | None = None,
+    skip_known: bool = False,
+) -> tuple[int, set[int]]:
+    """Credit fresh events given as columns, in the caller's transaction; the points credited
+    and the positions left out as already in the ledger (``skip_known``: looked up once the
+    accounts are locked, so a batch of the same citizens committed meanwhile is seen).
+
+    The accounts are locked (the missing ones created) in citizen order; each account's
+    credits are converted in (occurred_at, batch order) order and get ascending entry ids.
+    The entries and lots are written with binary COPY (multi-row heap inserts, no per-value
+    array encoding), so the unique index refuses the whole write if an event is already in
+    the ledger: that raises :class:`ConcurrentCredit`, and the caller's transaction is lost
+    (the caller redoes the batch after :func:`known_credits`).
+    """
+    if len(credits) == 0:
+        return 0, set()
+    grams, rates = credits.grams, credits.grams_per_point
+    if min(grams) < 0 or min(rates) <= 0:
+        bad = next(k for k in range(len(credits)) if grams[k] < 0 or rates[k] <= 0)
+        raise CreditInvalid(
+            f"event {credits.event_id[bad]}: grams must be >= 0 and grams_per_point > 0")
+    now = _now(now)
+    expires_at = now + timedelta(days=get_settings().points_validity_days)
+    driver = await _driver(session)
+    accounts = await _lock_accounts(driver, list(dict.fromkeys(credits.citizen)), now)
+    known: set[int] = set()
+    if skip_known:
+        known = await known_credits(session, credits.scene, credits.event_id)
+    occurred = credits.occurred_at
+    # stable: ties stay in batch order
+    order = sorted((k for k in range(len(credits)) if k not in known) if known
+                   else range(len(credits)), key=occurred.__getitem__)
+    n = len(order)
+    if n == 0:
+        return 0, known
+    citizen = credits.citizen
+    account_of = [accounts[citizen[k]][0] for k in order]
+    points, carries = _convert(
+        account_of, [grams[k] for k in order], [rates[k] for k in order],
+        dict(accounts.values()))
+    ids = sorted(await driver.fetchval(sql.ENTRY_IDS, n))
+    scene, event_id, behaviour = credits.scene, credits.event_id, credits.behaviour
+    rrv, crv = credits.reduction_rule, credits.conversion_rule
     try:
         await driver.copy_records_to_table("points_entries", columns=sql.CREDIT_COLUMNS, records=[
-            (ids[j], account_of[j], "credit", points[j], now, scenes[k], events[k],
-             behaviours[k], occurred[k], grams[k], rates[k], rrvs[k], crvs[k])
-            for j, k in enumerate(fresh)
+            (ids[j], account_of[j], "credit", points[j], now, scene[k], event_id[k],
+             behaviour[k], occurred[k], grams[k], rates[k], rrv[k], crv[k])
+            for j, k in enumerate(order)
         ])
     except asyncpg.UniqueViolationError as exc:
         raise ConcurrentCredit() from exc
@@ -289,24 +339,25 @@ async def _write_credits(
             for j, p in enumerate(points) if p > 0]
     if lots:
         await driver.copy_records_to_table("points_lots", columns=sql.LOT_COLUMNS, records=lots)
-    added: dict[UUID, int] = dict.fromkeys(carries, 0)
+    added: dict[Any, int] = dict.fromkeys(carries, 0)
     for account, p in zip(account_of, points, strict=True):
         added[account] += p
     await driver.execute(sql.ADD_CREDITS, list(added), list(added.values()),
                          [carries[a] for a in added])
+    return sum(points), known
 
 
 async def _lock_accounts(
-    driver: asyncpg.Connection, citizens: list[UUID], now: datetime
-) -> dict[UUID, tuple[UUID, int]]:
+    driver: asyncpg.Connection, citizens: list[bytes], now: datetime
+) -> dict[bytes, tuple[Any, int]]:
     """Lock (creating the missing ones) the citizens' accounts in ascending citizen order;
-    citizen → (account id, gram carry) as locked."""
-    wanted = sorted(set(citizens))
-    found: dict[UUID, tuple[UUID, int]] = {}
+    citizen (16 bytes) → (account id, gram carry) as locked."""
+    wanted = sorted(set(citizens))  # byte order is UUID order
+    found: dict[bytes, tuple[Any, int]] = {}
     while wanted:
-        rows = await driver.fetch(sql.LOCK_ACCOUNTS, wanted, now)
+        rows = await driver.fetch(sql.LOCK_ACCOUNTS, [c.hex() for c in wanted], now)
         for citizen, account, carry in rows:
-            found[citizen] = (account, carry)
+            found[citizen.bytes] = (account, carry)
         # An account another transaction created after the statement's snapshot: again.
         wanted = [c for c in wanted if c not in found]
     return found
