@@ -11,7 +11,8 @@ name="tanhui_bench_$(date +%s)_$$"
 export TANHUI_DATABASE_URL="$PG/$name"
 export TANHUI_REDIS_URL=${TANHUI_REDIS_URL:-redis://127.0.0.1:6379/0}
 export TANHUI_REDIS_PREFIX="bench:$name:"
-export TANHUI_KAFKA_BOOTSTRAP=${TANHUI_KAFKA_BOOTSTRAP:-127.0.0.1:19092}
+# A broker of its own when TANHUI_TEST_KAFKA_PORT names a free port (a shared one may stop).
+export TANHUI_KAFKA_BOOTSTRAP=${TANHUI_KAFKA_BOOTSTRAP:-127.0.0.1:${TANHUI_TEST_KAFKA_PORT:-19092}}
 export TANHUI_KAFKA_TOPIC_PREFIX="$name."
 export TANHUI_LOG_LEVEL=WARNING
 
