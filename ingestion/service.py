@@ -9,20 +9,33 @@ The hot path in two steps, so that no database connection is held while the bus 
    script over the batch), publishes the claimed events to the bus keyed by their citizen's
    bucket, and returns only after the bus acknowledged durably.
 
-Issue 6, "nothing is acknowledged that was not stored": a dedupe mark has two states.
+Issue 6, "nothing is acknowledged that was not stored": every request draws a *token*
+(``p:`` + 96 random bits) and the dedupe state lives in the token, not in the marks.
 
-- ``p:<token>`` (*pending*, 处理中): set ``NX`` with a short TTL
-  (``TANHUI_INGEST_PENDING_TTL_S``) before the publish, ``token`` naming the request;
-- ``s`` (*stored*, 已存储): after the bus's durable ack the request turns its own pending marks
-  into stored ones (compare-and-set on its token, second round trip) with the long TTL (claim
-  window + margin).
+- the claim (one Lua script, one round trip per batch) sets each event's mark
+  ``ingest:seen:{<scene>}:<event_id>`` to the token, ``NX``, with the long TTL (claim window
+  + margin), and the request's token key ``ingest:tok:{<scene>}:<token>`` to ``p``
+  (*pending*, 处理中) with the short TTL (``TANHUI_INGEST_PENDING_TTL_S``, longer than the
+  publish timeout);
+- after the bus's durable ack ONE command turns the whole request *stored* (已存储): its
+  token key becomes ``s`` with the long TTL; the marks are not touched again.
 
-A request that finds ``stored`` answers ``duplicate``; one that finds another request's
-``pending`` answers the event ``rejected`` with the retryable code ``event.in_flight`` (retry
-later: the other request either stores it — then the retry is ``duplicate`` — or fails and
-frees it), never ``duplicate``. If the bus fails, the request deletes only the marks that
-still hold its token (compare-and-delete) and raises :class:`~ingestion.errors.BusDown` (503);
-if it dies before that, its pending marks expire on their own.
+A mark that is already set is judged by its token's key: the request's own token (the same
+event twice in one batch) or a stored token answers ``duplicate``; a pending one answers the
+event ``rejected`` with the retryable code ``event.in_flight`` (retry later: the other request
+either stores it — then the retry is ``duplicate`` — or fails and frees it), never
+``duplicate``; a *missing* token key means the request that claimed the mark failed or died
+without storing it, so the mark is free and this request takes it over. If the bus fails,
+the request deletes its token key and the marks that still hold its token (one script) and
+raises :class:`~ingestion.errors.BusDown` (503); if the process dies, its token key expires
+after the short TTL and all its marks are free at once. The token key shares the marks' hash
+tag, so one script touches a single Redis Cluster slot.
+
+A mark ``s`` (the former scheme's stored mark, alive for a claim window after an upgrade)
+still answers ``duplicate``. Tokens start with ``p:`` so that an API process of the former
+scheme, during a rolling upgrade, reads a new mark as another request's pending one
+(retryable ``event.in_flight``), never as ``duplicate``; a new process takes a former
+pending mark over (at worst both publish the event; the ledger's unique key credits once).
 
 Art. 34: only behaviour data the citizen authorised is taken — an event counts only when its
 citizen's consent covered ``occurred_at``.
@@ -70,8 +83,8 @@ from scenes import service as scenes
 log = structlog.get_logger()
 
 MAX_QUANTITY_MILLI = 10**12  # sanity bound whatever the rule says
-STORED = "s"  # the value of a stored mark; a pending one is "p:" + the request's token
-PENDING = "p:"
+STORED = "s"  # a stored request's token key (and a stored mark of the former scheme)
+TOKEN_PREFIX = "p:"  # a request's token, the value of its marks (see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +95,7 @@ class Limits:
     future_skew: dt.timedelta = dt.timedelta(minutes=5)  # partner clocks may run ahead
     dedupe_margin: dt.timedelta = dt.timedelta(days=2)  # a stored mark outlives the window
     publish_timeout_s: float = 5.0
-    pending_ttl_s: int = 30  # a pending mark outlives the publish timeout
+    pending_ttl_s: int = 30  # a pending request's token outlives the publish timeout
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -325,40 +338,46 @@ def _consented(link: Any, at: dt.datetime) -> bool:
 
 # ---------------------------------------------------------------- dedupe and publish
 
-# Claim the whole batch in one round trip: SET NX EX a pending mark per event; answer per
-# event '1' (claimed by this request), '0' (stored, or this request's own: duplicate) or
-# '2' (another request's pending mark: in flight).
+# Claim the whole batch in one round trip. KEYS[1] is this request's token key, KEYS[2..] the
+# marks; ARGV: the token, the long TTL, the pending TTL, the prefix of the scene's token keys
+# (same hash tag as the marks: one Cluster slot). Answers per mark '1' (claimed or taken over:
+# publish it), '0' (duplicate: stored, or already this request's) or '2' (in flight). A token
+# key is read at most once per script. The token key is set only when a mark was claimed.
 _CLAIM_LUA = """
-local mine = ARGV[1]
-local ttl = ARGV[2]
+local mine, ttl, tokens = ARGV[1], ARGV[2], ARGV[4]
+local state = {}
 local out = {}
-for i = 1, #KEYS do
-  if redis.call('SET', KEYS[i], mine, 'NX', 'EX', ttl) then
-    out[i] = '1'
-  else
+local claimed = false
+for i = 2, #KEYS do
+  local f = '1'
+  if not redis.call('SET', KEYS[i], mine, 'NX', 'EX', ttl) then
     local cur = redis.call('GET', KEYS[i])
-    if cur and cur ~= mine and string.sub(cur, 1, 2) == 'p:' then out[i] = '2' else out[i] = '0' end
+    if cur == mine or cur == 's' then
+      f = '0'
+    elseif cur then
+      f = state[cur]
+      if not f then
+        local t = redis.call('GET', tokens .. cur)
+        if t == 's' then f = '0' elseif t then f = '2' else f = '1' end
+        state[cur] = f
+      end
+    end
+    if f == '1' then redis.call('SET', KEYS[i], mine, 'EX', ttl) end
   end
+  if f == '1' then claimed = true end
+  out[i - 1] = f
 end
+if claimed then redis.call('SET', KEYS[1], 'p', 'EX', ARGV[3]) end
 return table.concat(out)
 """
 
-# After the durable ack: this request's pending marks (or expired ones) become stored.
-_CONFIRM_LUA = """
-local mine = ARGV[1]
-local ttl = ARGV[2]
-for i = 1, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
-  if cur == mine or not cur then redis.call('SET', KEYS[i], 's', 'EX', ttl) end
-end
-return #KEYS
-"""
-
-# After a failed publish: delete only the marks that still hold this request's token.
+# After a failed publish: the token key goes (every mark of the request is free at once) and
+# so do the marks that still hold the token, rather than outliving the claim window unused.
 _RELEASE_LUA = """
 local mine = ARGV[1]
+redis.call('DEL', KEYS[1])
 local n = 0
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   if redis.call('GET', KEYS[i]) == mine then redis.call('DEL', KEYS[i]); n = n + 1 end
 end
 return n
@@ -385,6 +404,11 @@ def _dedupe_prefix(runtime: Runtime, scene_id: UUID) -> str:
     return dedupe_key(runtime, scene_id, "")
 
 
+def token_key(runtime: Runtime, scene_id: UUID | str, token: str) -> str:
+    """A request's token key: ``p`` while it publishes, ``s`` once stored (the marks' hash tag)."""
+    return runtime.key("ingest", "tok", "{" + str(scene_id) + "}", token)
+
+
 def _in_flight(event_id: str) -> EventResult:
     return EventResult(
         event_id, "rejected", E.IN_FLIGHT,
@@ -396,35 +420,38 @@ def _in_flight(event_id: str) -> EventResult:
 async def publish_batch(
     runtime: Runtime, checked: CheckedBatch, *, limits: Limits | None = None
 ) -> BatchResult:
-    """Claim the candidates, publish the claimed ones durably, mark them stored, and give
-    every event's outcome (``duplicate`` only for events stored before)."""
+    """Claim the candidates, publish the claimed ones durably, mark the request stored, and
+    give every event's outcome (``duplicate`` only for events stored before)."""
     limits = limits or Limits.of(runtime.settings)
     results = checked.results
     candidates = checked.candidates
+    if not candidates:
+        return _summarise(results)
     fresh: list[BusEvent] = []
     fresh_keys: list[str] = []
-    mine = PENDING + secrets.token_hex(8)
-    if candidates:
-        prefix = _dedupe_prefix(runtime, checked.scene_id)
-        keys = [prefix + ev.event_id for ev in candidates]
-        flags = await _script(runtime.redis, _CLAIM_LUA)(
-            keys=keys, args=[mine, limits.pending_ttl_s])
-        if isinstance(flags, bytes):
-            flags = flags.decode()
-        for ev, pos, key, flag in zip(candidates, checked.positions, keys, flags, strict=True):
-            if flag == "1":
-                fresh.append(ev)
-                fresh_keys.append(key)
-            elif flag == "0":
-                results[pos] = EventResult(ev.event_id, "duplicate")
-            else:
-                results[pos] = _in_flight(ev.event_id)
+    mine = TOKEN_PREFIX + secrets.token_urlsafe(12)
+    tokens = token_key(runtime, checked.scene_id, "")
+    tok = tokens + mine
+    prefix = _dedupe_prefix(runtime, checked.scene_id)
+    keys = [prefix + ev.event_id for ev in candidates]
+    flags = await _script(runtime.redis, _CLAIM_LUA)(
+        keys=[tok, *keys], args=[mine, checked.dedupe_ttl_s, limits.pending_ttl_s, tokens])
+    if isinstance(flags, bytes):
+        flags = flags.decode()
+    for ev, pos, key, flag in zip(candidates, checked.positions, keys, flags, strict=True):
+        if flag == "1":
+            fresh.append(ev)
+            fresh_keys.append(key)
+        elif flag == "0":
+            results[pos] = EventResult(ev.event_id, "duplicate")
+        else:
+            results[pos] = _in_flight(ev.event_id)
     if fresh:
         try:
             await publish_events(runtime, fresh, timeout_s=limits.publish_timeout_s)
         except BaseException as exc:
             # Nothing was acknowledged: free this request's marks so a retry is taken.
-            await _release(runtime, fresh_keys, mine)
+            await _release(runtime, tok, fresh_keys, mine)
             metrics.BATCHES.labels("bus_down").inc()
             if isinstance(exc, BusUnavailable | TimeoutError | OSError):
                 raise E.BusDown(
@@ -432,21 +459,22 @@ async def publish_batch(
                     headers={"Retry-After": "1"},
                 ) from exc
             raise
-        await _confirm(runtime, fresh_keys, mine, checked.dedupe_ttl_s)
+        await _confirm(runtime, tok, len(fresh_keys), checked.dedupe_ttl_s)
     return _summarise(results)
 
 
-async def _confirm(runtime: Runtime, keys: list[str], mine: str, ttl_s: int) -> None:
+async def _confirm(runtime: Runtime, tok: str, count: int, ttl_s: int) -> None:
+    """The durable ack is in: the request's token, hence every mark holding it, is stored."""
     try:
-        await _script(runtime.redis, _CONFIRM_LUA)(keys=keys, args=[mine, ttl_s])
-    except Exception:  # stored on the bus; the pending marks expire, the ledger dedupes a retry
-        log.warning("dedupe_marks_not_confirmed", count=len(keys))
+        await runtime.redis.set(tok, STORED, ex=ttl_s)
+    except Exception:  # stored on the bus; the token key expires, the ledger dedupes a retry
+        log.warning("dedupe_marks_not_confirmed", count=count)
 
 
-async def _release(runtime: Runtime, keys: list[str], mine: str) -> None:
+async def _release(runtime: Runtime, tok: str, keys: list[str], mine: str) -> None:
     try:
-        await _script(runtime.redis, _RELEASE_LUA)(keys=keys, args=[mine])
-    except Exception:  # Redis down too: the pending marks expire after their short TTL
+        await _script(runtime.redis, _RELEASE_LUA)(keys=[tok, *keys], args=[mine])
+    except Exception:  # Redis down too: the token key expires after its short TTL
         log.warning("dedupe_marks_not_removed", count=len(keys))
 
 

@@ -1,8 +1,9 @@
 """Issue 6, "nothing is acknowledged that was not stored": while one request's publish of an
 event is under way, a concurrent request with the same event is told ``event.in_flight``
-(retryable), never ``duplicate``; when the first publish fails, only its own marks go, and the
-retry is taken and credited exactly once. Real Redis, both real buses; the first app's bus is
-the real bus wrapped so that its publish waits at a gate and then fails."""
+(retryable), never ``duplicate``; when the first publish fails, only the marks that still hold
+its token go, and the retry is taken and credited exactly once. Real Redis, both real buses;
+the first app's bus is the real bus wrapped so that its publish waits at a gate and then
+fails."""
 
 from __future__ import annotations
 
@@ -106,10 +107,10 @@ async def test_same_event_in_flight_is_never_answered_duplicate(
 async def test_failed_publish_deletes_only_its_own_marks(
     bus_runtime: Runtime, bus_client: httpx.AsyncClient
 ) -> None:
-    """The first request's pending marks expire while its publish hangs; another request
-    then stores the events. The first request's failure must not delete those stored marks
-    (compare-and-delete on its token), so a later retry is ``duplicate`` and nothing is
-    credited twice."""
+    """The first request's token key (pending TTL 1 s) expires while its publish hangs;
+    another request then takes the events over and stores them. The first request's failure
+    must not free those marks (they hold the other request's token now), so a later retry is
+    ``duplicate`` and nothing is credited twice."""
     rt = bus_runtime
     p = await make_partner(rt, citizens=1)
     ref = next(iter(p.citizens))
@@ -133,13 +134,17 @@ async def test_failed_publish_deletes_only_its_own_marks(
 async def test_stored_marks_carry_the_long_ttl(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
-    """After the durable ack the mark is ``stored`` with the claim window's TTL (30 days
-    + margin), not the short pending TTL."""
-    from ingestion.service import dedupe_key
+    """After the durable ack the request's token is ``stored`` with the claim window's TTL
+    (30 days + margin), not the short pending TTL, and so is the mark that holds it."""
+    from ingestion.service import dedupe_key, token_key
 
     p = await make_partner(runtime, citizens=1)
     ev = p.event(next(iter(p.citizens)))
     assert _statuses(await p.post(client, [ev])) == [("accepted", None)]
     key = dedupe_key(runtime, p.scene_id, ev["event_id"])
-    assert await runtime.redis.get(key) in (b"s", "s")
+    token = await runtime.redis.get(key)
+    assert token is not None
+    tok = token_key(runtime, p.scene_id, token.decode() if isinstance(token, bytes) else token)
+    assert await runtime.redis.get(tok) in (b"s", "s")
+    assert await runtime.redis.ttl(tok) > 30 * 86400
     assert await runtime.redis.ttl(key) > 30 * 86400

@@ -1,0 +1,255 @@
+"""The dedupe marks hold their request's token; the token's key says pending (``p``) or
+stored (``s``), and a missing token key frees every mark that holds it (ingestion/service.py,
+module docstring). Real Redis and real buses: a request whose token key vanished (an API
+process killed after its claim) has its events taken by the next request and credited once; a
+stored request's events answer ``duplicate`` for as long as its marks live; a failed publish
+frees its events at once; concurrent requests for the same events take each one once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import orjson
+from asgi_lifespan import LifespanManager
+
+from app.bus import BusUnavailable, Message
+from app.runtime import Runtime
+from ingestion import service
+from tests.ingestion.conftest import ONE_PATH, credited, drain, make_partner
+
+LONG_TTL_S = 32 * 86400
+
+
+class FailingBus:
+    """The real bus, except that ``publish`` raises :class:`BusUnavailable` without
+    publishing (a broker that refuses every write)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        raise BusUnavailable("the broker refuses writes")
+
+
+@asynccontextmanager
+async def _client(runtime: Runtime, bus: Any = None, **settings: Any
+                  ) -> AsyncIterator[httpx.AsyncClient]:
+    """Another app instance on the same database and Redis prefix (its own settings, bus)."""
+    from app.main import create_app
+
+    rt = dataclasses.replace(runtime, bus=bus or runtime.bus,
+                             settings=runtime.settings.model_copy(update=settings))
+    application = create_app(rt.settings, runtime=rt)
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            yield c
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _statuses(r: httpx.Response) -> list[tuple[str, str | None]]:
+    assert r.status_code == 200, r.text
+    return [(e["status"], e.get("code")) for e in r.json()["results"]]
+
+
+async def _claim_and_die(rt: Runtime, scene_id: uuid.UUID, event_ids: list[str], *,
+                         pending_ttl_s: int = 30) -> str:
+    """What an API process does before it publishes (the real claim script), after which it
+    is killed: its marks hold its token, its token key says pending, nothing else follows."""
+    token = service.TOKEN_PREFIX + secrets.token_urlsafe(12)
+    tokens = service.token_key(rt, scene_id, "")
+    keys = [service.dedupe_key(rt, scene_id, e) for e in event_ids]
+    flags = await service._script(rt.redis, service._CLAIM_LUA)(
+        keys=[tokens + token, *keys], args=[token, LONG_TTL_S, pending_ttl_s, tokens])
+    assert _text(flags) == "1" * len(event_ids)
+    assert _text(await rt.redis.get(tokens + token)) == "p"
+    return token
+
+
+async def _holders(rt: Runtime, scene_id: uuid.UUID, event_ids: list[str]) -> list[str | None]:
+    """The token each event's mark holds."""
+    keys = [service.dedupe_key(rt, scene_id, e) for e in event_ids]
+    return [_text(v) for v in await rt.redis.mget(keys)]
+
+
+async def _token_keys(rt: Runtime, scene_id: uuid.UUID) -> list[str]:
+    pattern = service.token_key(rt, scene_id, "*")
+    return [k async for k in rt.redis.scan_iter(match=pattern)]
+
+
+async def test_a_dead_requests_events_are_taken_over_once_its_token_key_is_gone(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    events = [p.event(ref) for _ in range(3)]
+    ids = [e["event_id"] for e in events]
+    dead = await _claim_and_die(runtime, p.scene_id, ids)
+    # while its token key says pending, the events are another request's: in flight
+    assert _statuses(await p.post(client, events)) == [("rejected", "event.in_flight")] * 3
+    assert await _holders(runtime, p.scene_id, ids) == [dead] * 3
+
+    await runtime.redis.delete(service.token_key(runtime, p.scene_id, dead))
+    taken = await p.post(client, events)
+    assert _statuses(taken) == [("accepted", None)] * 3
+    holders = await _holders(runtime, p.scene_id, ids)
+    assert len(set(holders)) == 1 and holders[0] != dead and holders[0] is not None
+    assert _text(await runtime.redis.get(
+        service.token_key(runtime, p.scene_id, holders[0]))) == "s"
+    # the marks the new request took over carry the long TTL again
+    for e in ids:
+        assert await runtime.redis.ttl(service.dedupe_key(runtime, p.scene_id, e)) > 30 * 86400
+    assert _statuses(await p.post(client, events)) == [("duplicate", None)] * 3
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == {e: 1 for e in ids}
+
+
+async def test_a_dead_requests_events_free_when_its_pending_ttl_lapses_and_are_taken_once(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """The token key's short TTL lapses (the process never came back); then eight concurrent
+    requests from two app instances race for the events: each event is taken by exactly one
+    of them, the others answer it duplicate or in flight, and it is credited once."""
+    p = await make_partner(runtime, citizens=2)
+    refs = list(p.citizens)
+    events = [p.event(refs[i % 2]) for i in range(10)]
+    ids = [e["event_id"] for e in events]
+    dead = await _claim_and_die(runtime, p.scene_id, ids, pending_ttl_s=1)
+    assert _statuses(await p.post(client, events[:1])) == [("rejected", "event.in_flight")]
+    await asyncio.sleep(1.3)
+    assert await runtime.redis.exists(service.token_key(runtime, p.scene_id, dead)) == 0
+    assert await _holders(runtime, p.scene_id, ids) == [dead] * 10  # the marks outlive it
+
+    async with _client(runtime) as other:
+        answers = await asyncio.gather(
+            *(p.post(client if i % 2 else other, events) for i in range(8)))
+    taken: dict[str, int] = dict.fromkeys(ids, 0)
+    for r in answers:
+        for e, (status, code) in zip(ids, _statuses(r), strict=True):
+            assert (status, code) in {("accepted", None), ("duplicate", None),
+                                      ("rejected", "event.in_flight")}
+            taken[e] += status == "accepted"
+    assert taken == dict.fromkeys(ids, 1)
+    assert _statuses(await p.post(client, events)) == [("duplicate", None)] * 10
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == dict.fromkeys(ids, 1)
+
+
+async def test_one_batch_judges_every_mark_by_its_token(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """A dead token's marks are taken, a pending token's are in flight, a stored token's are
+    duplicates, a mark of the former scheme (``s``) is a duplicate, an event repeated inside
+    the batch is a duplicate of itself — all in the same script call."""
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    dead = [p.event(ref) for _ in range(2)]
+    live = [p.event(ref) for _ in range(2)]
+    stored = [p.event(ref) for _ in range(2)]
+    legacy = p.event(ref)
+    fresh = p.event(ref)
+    assert _statuses(await p.post(client, stored)) == [("accepted", None)] * 2
+    dead_token = await _claim_and_die(runtime, p.scene_id, [e["event_id"] for e in dead])
+    await runtime.redis.delete(service.token_key(runtime, p.scene_id, dead_token))
+    await _claim_and_die(runtime, p.scene_id, [e["event_id"] for e in live])
+    await runtime.redis.set(service.dedupe_key(runtime, p.scene_id, legacy["event_id"]), "s",
+                            ex=LONG_TTL_S)
+
+    r = await p.post(client, [dead[0], live[0], stored[0], legacy, fresh, fresh,
+                              dead[1], live[1], stored[1]])
+    assert _statuses(r) == [
+        ("accepted", None), ("rejected", "event.in_flight"), ("duplicate", None),
+        ("duplicate", None), ("accepted", None), ("duplicate", None),
+        ("accepted", None), ("rejected", "event.in_flight"), ("duplicate", None),
+    ]
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == {
+        e["event_id"]: 1 for e in [*dead, *stored, fresh]}
+
+
+async def test_a_stored_request_answers_duplicate_as_long_as_its_marks_live(
+    runtime: Runtime
+) -> None:
+    """Stored does not hang on the short pending TTL: past it (1 s here) the events are still
+    duplicates, on both endpoints; the token key outlives every mark that holds it; batches
+    that claim nothing leave no token key behind."""
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    events = [p.event(ref) for _ in range(3)]
+    ids = [e["event_id"] for e in events]
+    async with _client(runtime, ingest_pending_ttl_s=1) as client:
+        assert _statuses(await p.post(client, events)) == [("accepted", None)] * 3
+        await asyncio.sleep(1.3)
+        for _ in range(3):
+            assert _statuses(await p.post(client, events)) == [("duplicate", None)] * 3
+        body = orjson.dumps(events[1])
+        one = await client.post(ONE_PATH, content=body, headers=p.signed(body, path=ONE_PATH))
+        assert (one.status_code, one.json()["status"]) == (200, "duplicate")
+
+    toks = await _token_keys(runtime, p.scene_id)
+    assert len(toks) == 1
+    holders = await _holders(runtime, p.scene_id, ids)
+    assert holders == [holders[0]] * 3
+    assert service.token_key(runtime, p.scene_id, holders[0] or "") == _text(toks[0])
+    assert _text(await runtime.redis.get(toks[0])) == "s"
+    tok_ttl = await runtime.redis.ttl(toks[0])
+    assert tok_ttl > 30 * 86400
+    for e in ids:
+        assert 30 * 86400 < await runtime.redis.ttl(
+            service.dedupe_key(runtime, p.scene_id, e)) <= tok_ttl
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == dict.fromkeys(ids, 1)
+
+
+async def test_a_failed_publish_frees_its_events_at_once(
+    bus_runtime: Runtime, bus_client: httpx.AsyncClient
+) -> None:
+    """The pending TTL is long (300 s), so only the release can free the events: the retry
+    right after the 503 is taken, and the failed request left neither token key nor marks."""
+    rt = bus_runtime
+    p = await make_partner(rt, citizens=1)
+    ref = next(iter(p.citizens))
+    events = [p.event(ref) for _ in range(3)]
+    ids = [e["event_id"] for e in events]
+    async with _client(rt, bus=FailingBus(rt.bus), ingest_pending_ttl_s=300) as down:
+        r = await p.post(down, events)
+    assert (r.status_code, r.json()["code"]) == (503, "bus.unavailable")
+    assert await _token_keys(rt, p.scene_id) == []
+    assert await _holders(rt, p.scene_id, ids) == [None] * 3
+
+    assert _statuses(await p.post(bus_client, events)) == [("accepted", None)] * 3
+    assert _statuses(await p.post(bus_client, events)) == [("duplicate", None)] * 3
+    await drain(rt)
+    assert await credited(rt, p.scene_id) == dict.fromkeys(ids, 1)
+
+
+async def test_a_failed_publish_keeps_the_stored_events_of_its_batch(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """A failing request whose batch also holds events stored by an earlier request frees
+    only what it claimed: the stored ones stay duplicates."""
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    old = [p.event(ref) for _ in range(2)]
+    new = [p.event(ref) for _ in range(2)]
+    assert _statuses(await p.post(client, old)) == [("accepted", None)] * 2
+    async with _client(runtime, bus=FailingBus(runtime.bus)) as down:
+        r = await p.post(down, [*old, *new])
+    assert (r.status_code, r.json()["code"]) == (503, "bus.unavailable")
+    r = await p.post(client, [*old, *new])
+    assert _statuses(r) == [("duplicate", None)] * 2 + [("accepted", None)] * 2
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == {e["event_id"]: 1 for e in [*old, *new]}
