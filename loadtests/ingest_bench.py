@@ -477,6 +477,7 @@ def command(
     connections: Annotated[int, typer.Option(help="connections per client process")] = 4,
     api_workers: Annotated[int, typer.Option(help="API processes (full mode)")] = 2,
     worker_procs: Annotated[int, typer.Option(help="points-worker processes")] = 2,
+    consumers: Annotated[int, typer.Option(help="bus consumers per worker process")] = 1,
     wait: Annotated[float, typer.Option(help="seconds to wait for crediting")] = 900,
     keep: Annotated[bool, typer.Option(help="keep the scratch database")] = False,
     stage: Annotated[str, typer.Option(
@@ -506,10 +507,11 @@ def command(
         _use_env(stack)
         if stage == "worker":
             figures = asyncio.run(_run_workers(stack, console, events, citizens, batch,
-                                               worker_procs, wait))
+                                               worker_procs, consumers, wait))
         else:
             figures = asyncio.run(_run(stack, console, events, citizens, batch, clients,
-                                       connections, api_workers, worker_procs, wait))
+                                       connections, api_workers, worker_procs, consumers,
+                                       wait))
     finally:
         _stop_all(stack)
         _cleanup(stack, keep)
@@ -542,7 +544,7 @@ async def _warm_up(port: int, token: str, prepared: Prepared, runtime: Any,
 
 
 async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: int,
-               connections: int, api_workers: int, worker_procs: int,
+               connections: int, api_workers: int, worker_procs: int, consumers: int,
                wait_s: float) -> dict[str, Any]:
     from app import clock
     from app.migrations import upgrade
@@ -563,7 +565,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
             server = _spawn(stack, ["serve", "--port", str(port), "--workers",
                                     str(api_workers)], TANHUI_RUN_WORKER="0")
         for _ in range(worker_procs):
-            _spawn(stack, ["worker"])
+            _spawn(stack, ["worker", "--consumers", str(consumers)])
         wait_ready(port, server, timeout_s=120)
         token = await _token(port, prepared)
         await _warm_up(port, token, prepared, runtime, wait_s)
@@ -610,8 +612,9 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
             "retries": sum(v for key, v in counts.items() if key.startswith("retry")),
             "citizens": k, "clients": clients, "connections": clients * connections,
             "api_processes": 1 if stack.mode == "embedded" else api_workers,
-            "worker_processes": worker_procs, "bus": runtime.bus.name,
-            "send_s": round(sent_done - began, 2), "e2e_s": round(done - began, 2),
+            "worker_processes": worker_procs, "consumers_per_worker": consumers,
+            "bus": runtime.bus.name, "send_s": round(sent_done - began, 2),
+            "e2e_s": round(done - began, 2),
             # CPU microseconds per event, by component (database: this run's backends)
             **{f"cpu_us_per_event_{k}": round((cpu1[k] - cpu0[k]) * 1e6 / max(1, n), 1)
                for k in cpu0},
@@ -621,7 +624,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
 
 
 async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
-                       worker_procs: int, wait_s: float) -> dict[str, Any]:
+                       worker_procs: int, consumers: int, wait_s: float) -> dict[str, Any]:
     """The points workers alone: N accepted events are put on the bus as the API would (one
     message per request and citizen bucket), then the workers credit them; the clock runs
     from the first publish to the last credit. Shows the workers' capacity apart from the
@@ -646,7 +649,7 @@ async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
                 "WHERE scene_id = :s"), {"s": prepared.scene_id})).tuples().all())
         citizens = [citizen_of[r] for r in prepared.refs]
         for _ in range(worker_procs):
-            _spawn(stack, ["worker"])
+            _spawn(stack, ["worker", "--consumers", str(consumers)])
         now = clock.now()
 
         def requests(run: str, count: int) -> list[list[BusEvent]]:
@@ -681,7 +684,8 @@ async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
             "ratio": round(rate / copy_per_s, 3), "lost": n - distinct,
             "duplicated": total - distinct, "publish_s": round(published - began, 2),
             "credit_s": round(done - began, 2), "citizens": k,
-            "worker_processes": worker_procs, "bus": runtime.bus.name,
+            "worker_processes": worker_procs, "consumers_per_worker": consumers,
+            "bus": runtime.bus.name,
             **{f"cpu_us_per_event_{k}": round((cpu1[k] - cpu0[k]) * 1e6 / max(1, n), 1)
                for k in cpu0},
         }
