@@ -7,10 +7,12 @@ the CLI and the tests all open the same :class:`Runtime`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import hiredis
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 from app.bus import TOPICS, BusUnavailable, topic_name
 from app.db import Database
@@ -21,6 +23,28 @@ if TYPE_CHECKING:
     from app.bus import Bus
 
 log = structlog.get_logger()
+
+
+class _HiredisPacking:
+    """Commands built by hiredis in C: redis-py's asyncio connections build them in Python
+    (its sync ones use hiredis), ~0.7 µs per argument; the ingestion's dedupe script takes
+    one key per event."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " in args[0]:  # e.g. "CLIENT SETNAME"
+            args = (*args[0].encode().split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a type hiredis does not take: redis-py's own packing
+            return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+
+
+class HiredisConnection(_HiredisPacking, Connection):
+    pass
+
+
+class HiredisUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
 
 
 @dataclass
@@ -127,6 +151,8 @@ async def open_runtime(settings: Settings, *, start_bus: bool = True) -> Runtime
             redis_url, max_connections=200, timeout=5, socket_timeout=5,
             socket_connect_timeout=3,
         )
+        pool.connection_class = (HiredisUnixConnection if pool.connection_class is
+                                 UnixDomainSocketConnection else HiredisConnection)
         redis = Redis(connection_pool=pool)
         bus = make_bus(settings, db)
     except BaseException:
