@@ -56,11 +56,22 @@ class Database:
                           "server_settings": {"timezone": "UTC"}},
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # No BEGIN/COMMIT round trips: each statement commits on its own (reads whose
+        # statements need no common snapshot, like the ingestion hot path's lookups).
+        self.autocommit_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """Open a session in a transaction: committed on success, rolled back on any error."""
         async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncSession]:
+        """A session whose every statement is its own transaction (no BEGIN, no COMMIT)."""
+        async with self.autocommit_sessions() as session:
             yield session
 
     @asynccontextmanager

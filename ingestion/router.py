@@ -77,7 +77,8 @@ async def ingest_batch(request: Request, partner: CurrentPartner, runtime: Runti
     limits = service.Limits.of(runtime.settings)
     events = service.decode_batch(await request.body(), limits=limits)
     await _rate_limit(runtime, partner)
-    async with runtime.db.transaction() as session:
+    # Read-only lookups, each statement its own snapshot (as READ COMMITTED gives anyway).
+    async with runtime.db.autocommit() as session:
         checked = await service.check_batch(session, scene_id, events, limits=limits)
     result = await service.publish_batch(runtime, checked, limits=limits)
     return Response(json_encoder.encode(result), media_type="application/json")
@@ -98,7 +99,7 @@ async def ingest_one(request: Request, partner: CurrentPartner, runtime: Runtime
     event = service.decode_event(await request.body())
     await _rate_limit(runtime, partner)
     limits = service.Limits.of(runtime.settings)
-    async with runtime.db.transaction() as session:
+    async with runtime.db.autocommit() as session:
         checked = await service.check_batch(session, scene_id, [event], limits=limits)
     result = (await service.publish_batch(runtime, checked, limits=limits)).results[0]
     if result.code == E.IN_FLIGHT:

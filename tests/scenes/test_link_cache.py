@@ -36,14 +36,17 @@ LINKS_PATH = "/v1/partner/links"
 @asynccontextmanager
 async def sql_sent(session: AsyncSession) -> AsyncIterator[list[str]]:
     """Every statement sent on the session's connection while the block runs: through
-    SQLAlchemy and straight on its asyncpg connection (transaction control left out)."""
+    SQLAlchemy and straight on its asyncpg connection (transaction control and asyncpg's own
+    type introspection, sent once per connection and type, left out)."""
     seen: list[str] = []
 
     def through_sqlalchemy(conn, cursor, statement, params, context, many):  # type: ignore[no-untyped-def]
         seen.append(statement)
 
     def on_driver(query: Any) -> None:
-        if query.query.rstrip(";").upper() not in ("BEGIN", "COMMIT", "ROLLBACK"):
+        q = query.query.rstrip(";").upper()
+        if q.split(" ", 1)[0] not in ("BEGIN", "COMMIT", "ROLLBACK") \
+                and "TYPEINFO_TREE" not in q:
             seen.append(query.query)
 
     conn = await session.connection()
