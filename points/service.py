@@ -20,6 +20,7 @@ statement, under the lock order accounts (by citizen) → holds → lots.
 from __future__ import annotations
 
 import base64
+import io
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.settings import get_settings
-from points import sql
+from points import binary, sql
 from points.errors import (
     AccountNotFound,
     AmountInvalid,
@@ -293,10 +294,10 @@ async def credit_columns(
 
     The accounts are locked (the missing ones created) in citizen order; each account's
     credits are converted in (occurred_at, batch order) order and get ascending entry ids.
-    The entries and lots are written with binary COPY (multi-row heap inserts, no per-value
-    array encoding), so the unique index refuses the whole write if an event is already in
-    the ledger: that raises :class:`ConcurrentCredit`, and the caller's transaction is lost
-    (the caller redoes the batch after :func:`known_credits`).
+    The entries and lots are written with binary COPY (multi-row heap inserts; the rows are
+    encoded by :mod:`points.binary`), so the unique index refuses the whole write if an event
+    is already in the ledger: that raises :class:`ConcurrentCredit`, and the caller's
+    transaction is lost (the caller redoes the batch after :func:`known_credits`).
     """
     if len(credits) == 0:
         return 0, set()
@@ -325,20 +326,21 @@ async def credit_columns(
         account_of, [grams[k] for k in order], [rates[k] for k in order],
         dict(accounts.values()))
     ids = sorted(await driver.fetchval(sql.ENTRY_IDS, n))
-    scene, event_id, behaviour = credits.scene, credits.event_id, credits.behaviour
-    rrv, crv = credits.reduction_rule, credits.conversion_rule
+    raw = {a: a.bytes for a in carries}  # each credited account's id as 16 bytes
+    account_raw = [raw[a] for a in account_of]
     try:
-        await driver.copy_records_to_table("points_entries", columns=sql.CREDIT_COLUMNS, records=[
-            (ids[j], account_of[j], "credit", points[j], now, scene[k], event_id[k],
-             behaviour[k], occurred[k], grams[k], rates[k], rrv[k], crv[k])
-            for j, k in enumerate(order)
-        ])
+        await driver.copy_to_table(
+            "points_entries", columns=sql.CREDIT_COLUMNS, format="binary",
+            source=io.BytesIO(binary.entry_rows(
+                ids, account_raw, points, now, order, credits.scene, credits.event_id,
+                credits.behaviour, occurred, grams, rates, credits.reduction_rule,
+                credits.conversion_rule)))
     except asyncpg.UniqueViolationError as exc:
         raise ConcurrentCredit() from exc
-    lots = [(account_of[j], ids[j], p, p, now, expires_at)
-            for j, p in enumerate(points) if p > 0]
-    if lots:
-        await driver.copy_records_to_table("points_lots", columns=sql.LOT_COLUMNS, records=lots)
+    if any(points):
+        await driver.copy_to_table(
+            "points_lots", columns=sql.LOT_COLUMNS, format="binary",
+            source=io.BytesIO(binary.lot_rows(account_raw, ids, points, now, expires_at)))
     added: dict[Any, int] = dict.fromkeys(carries, 0)
     for account, p in zip(account_of, points, strict=True):
         added[account] += p
