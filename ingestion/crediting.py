@@ -267,7 +267,8 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
               if day_caps[i] is not None or year_caps[i] is not None]
     if not capped:
         return granted
-    capped.sort(key=lambda i: (events[i].occurred_at, i))
+    occurred = [ev.occurred_at for ev in events]
+    capped.sort(key=occurred.__getitem__)  # stable: ties stay in batch order
     days = priced.day
     day_key: dict[int, _CapKey] = {}
     year_key: dict[int, _CapKey] = {}
