@@ -12,7 +12,7 @@ fields in network byte order, a trailer). asyncpg still carries the bytes
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -20,6 +20,14 @@ from typing import Any
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 TRAILER = struct.pack("!h", -1)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """COPY data as an async source: asyncpg reads a file-like source in a thread pool, one
+    hop per chunk; this hands the bytes over directly."""
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start:start + size])
 
 
 def timestamptz(at: datetime) -> int:

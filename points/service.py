@@ -20,7 +20,6 @@ statement, under the lock order accounts (by citizen) → holds → lots.
 from __future__ import annotations
 
 import base64
-import io
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -331,7 +330,7 @@ async def credit_columns(
     try:
         await driver.copy_to_table(
             "points_entries", columns=sql.CREDIT_COLUMNS, format="binary",
-            source=io.BytesIO(binary.entry_rows(
+            source=binary.chunks(binary.entry_rows(
                 ids, account_raw, points, now, order, credits.scene, credits.event_id,
                 credits.behaviour, occurred, grams, rates, credits.reduction_rule,
                 credits.conversion_rule)))
@@ -340,7 +339,7 @@ async def credit_columns(
     if any(points):
         await driver.copy_to_table(
             "points_lots", columns=sql.LOT_COLUMNS, format="binary",
-            source=io.BytesIO(binary.lot_rows(account_raw, ids, points, now, expires_at)))
+            source=binary.chunks(binary.lot_rows(account_raw, ids, points, now, expires_at)))
     added: dict[Any, int] = dict.fromkeys(carries, 0)
     for account, p in zip(account_of, points, strict=True):
         added[account] += p
