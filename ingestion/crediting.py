@@ -10,7 +10,7 @@ caller's one transaction, set-based (a handful of statements per batch, none per
 - Events that cannot be processed (no rule at ``occurred_at``) go to the dead-letter table.
 
 Columnar and cheap per event: the worker decodes the bus messages into
-:class:`~ingestion.schemas.WorkerEvent` (UUIDs as 16 raw bytes), prices them in one pass into
+:class:`~ingestion.schemas.RawBusEvent` (UUIDs as 16 raw bytes), prices them in one pass into
 columns, and hands the columns to :func:`points.service.credit_columns`, which COPYs them. A
 UUID becomes a string once per distinct value, for the database. The statements run on the
 session's own asyncpg connection (same transaction).
@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ingestion import errors as E
 from ingestion.schemas import (
     ENVELOPE_VERSION,
-    WorkerEnvelope,
-    WorkerEvent,
+    RawBusEvent,
+    RawEnvelope,
     bucket_of_raw,
     bus_encoder,
 )
@@ -66,9 +66,9 @@ class Outcome:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-def dead_event(ev: WorkerEvent, key: bytes, code: str, reason: str) -> DeadLetter:
+def dead_event(ev: RawBusEvent, key: bytes, code: str, reason: str) -> DeadLetter:
     return DeadLetter(
-        key=key, payload=bus_encoder.encode(WorkerEnvelope(ENVELOPE_VERSION, [ev])),
+        key=key, payload=bus_encoder.encode(RawEnvelope(ENVELOPE_VERSION, [ev])),
         reason_code=code, reason=reason, scene_id=UUID(bytes=ev.scene_id),
         event_id=ev.event_id,
     )
@@ -86,7 +86,7 @@ class Priced:
     capped event (None when its rule has no day or year cap); the rule version ids are
     UUID strings."""
 
-    events: list[WorkerEvent] = field(default_factory=list)
+    events: list[RawBusEvent] = field(default_factory=list)
     day: list[dt.date | None] = field(default_factory=list)
     grams: list[int] = field(default_factory=list)
     day_cap: list[int | None] = field(default_factory=list)
@@ -95,7 +95,7 @@ class Priced:
     reduction_rule: list[str] = field(default_factory=list)
     conversion_rule: list[str] = field(default_factory=list)
 
-    def add(self, ev: WorkerEvent, grams: int, day_cap: int | None, year_cap: int | None,
+    def add(self, ev: RawBusEvent, grams: int, day_cap: int | None, year_cap: int | None,
             grams_per_point: int, reduction_rule: UUID, conversion_rule: UUID) -> None:
         self.events.append(ev)
         self.day.append(business_date(ev.occurred_at)
@@ -114,12 +114,12 @@ class Priced:
 _VARIES = object()
 
 
-def rule_pairs(events: Sequence[WorkerEvent]) -> set[tuple[UUID, str]]:
+def rule_pairs(events: Sequence[RawBusEvent]) -> set[tuple[UUID, str]]:
     """The (scene, behaviour) pairs of a batch, for :func:`scenes.service.rulebook`."""
     return {(UUID(bytes=s), b) for s, b in {(ev.scene_id, ev.behaviour) for ev in events}}
 
 
-def _fixed_rules(events: Sequence[WorkerEvent], rulebook: Any) -> tuple[
+def _fixed_rules(events: Sequence[RawBusEvent], rulebook: Any) -> tuple[
         dict[tuple[bytes, str], Any], Any]:
     """Per (scene, behaviour), the one reduction version in force over all the batch's
     events, else ``_VARIES``; likewise the conversion version. A version is in force over an
@@ -154,7 +154,7 @@ def _fixed_rules(events: Sequence[WorkerEvent], rulebook: Any) -> tuple[
 
 
 def price_events(
-    events: Sequence[WorkerEvent], keys: Sequence[bytes], rulebook: Any
+    events: Sequence[RawBusEvent], keys: Sequence[bytes], rulebook: Any
 ) -> tuple[Priced, list[DeadLetter]]:
     """Apply the reduction and conversion rules in force at each ``occurred_at`` and the
     per-event cap (Art. 31); events without a rule become dead letters. ``keys`` are the

@@ -82,10 +82,10 @@ class Envelope(msgspec.Struct, array_like=True, gc=False):
     events: list[BusEvent]
 
 
-class WorkerEvent(msgspec.Struct, array_like=True, gc=False):
-    """A :class:`BusEvent` as the points worker reads it: the same wire form, but the UUIDs
-    stay 16 raw bytes (hashed and compared in C; the worker turns a UUID into a string only
-    once per distinct value, for the database)."""
+class RawBusEvent(msgspec.Struct, array_like=True, gc=False):
+    """A :class:`BusEvent` with its UUIDs as 16 raw bytes: the same wire form. The API writes
+    it and the points worker reads it (raw ids are hashed, compared and encoded in C; a UUID
+    object is made only once per distinct value, where one is needed)."""
 
     scene_id: bytes
     event_id: str
@@ -97,9 +97,9 @@ class WorkerEvent(msgspec.Struct, array_like=True, gc=False):
     district_code: str | None = None
 
 
-class WorkerEnvelope(msgspec.Struct, array_like=True, gc=False):
+class RawEnvelope(msgspec.Struct, array_like=True, gc=False):
     v: int
-    events: list[WorkerEvent]
+    events: list[RawBusEvent]
 
 
 ENVELOPE_VERSION = 1
@@ -110,7 +110,7 @@ json_encoder = msgspec.json.Encoder()
 bus_encoder = msgspec.msgpack.Encoder(uuid_format="bytes")
 bus_decoder = msgspec.msgpack.Decoder(Envelope)
 bus_event_decoder = msgspec.msgpack.Decoder(BusEvent)
-worker_decoder = msgspec.msgpack.Decoder(WorkerEnvelope)
+raw_bus_decoder = msgspec.msgpack.Decoder(RawEnvelope)
 
 # A citizen's events always go to the same bucket, hence the same partition: one worker at a
 # time sees a citizen (caps are computed without racing). A bus message carries one request's

@@ -70,11 +70,13 @@ from ingestion.schemas import (
     BatchIn,
     BatchResult,
     BusEvent,
-    Envelope,
     EventIn,
     EventResult,
+    RawBusEvent,
+    RawEnvelope,
     batch_decoder,
     bucket_of,
+    bucket_of_raw,
     bus_encoder,
     event_decoder,
 )
@@ -189,7 +191,7 @@ class CheckedBatch:
     scene_id: UUID
     dedupe_ttl_s: int
     results: list[EventResult]
-    candidates: list[BusEvent] = field(default_factory=list)
+    candidates: list[RawBusEvent] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
 
 
@@ -284,6 +286,7 @@ async def check_batch(
     results = checked.results
     candidates = checked.candidates
     positions = checked.positions
+    scene_raw = scene_id.bytes
     for i, ev in enumerate(events):
         at = ev.occurred_at
         code: str | None = None
@@ -318,8 +321,8 @@ async def check_batch(
                     "The citizen's consent did not cover occurred_at."
             else:
                 results.append(EventResult(ev.event_id, "accepted"))
-                candidates.append(BusEvent(
-                    scene_id, ev.event_id, link.citizen_id, ev.behaviour, milli, at, now,
+                candidates.append(RawBusEvent(
+                    scene_raw, ev.event_id, link.citizen_raw, ev.behaviour, milli, at, now,
                     ev.district_code,
                 ))
                 positions.append(i)
@@ -427,7 +430,7 @@ async def publish_batch(
     candidates = checked.candidates
     if not candidates:
         return _summarise(results)
-    fresh: list[BusEvent] = []
+    fresh: list[RawBusEvent] = []
     fresh_keys: list[str] = []
     mine = TOKEN_PREFIX + secrets.token_urlsafe(12)
     tokens = token_key(runtime, checked.scene_id, "")
@@ -489,19 +492,23 @@ async def ensure_topic(runtime: Runtime, topic: str) -> None:
 
 
 async def publish_events(
-    runtime: Runtime, events: Sequence[BusEvent], *, timeout_s: float | None = None
+    runtime: Runtime, events: Sequence[RawBusEvent | BusEvent], *,
+    timeout_s: float | None = None,
 ) -> None:
     """Publish events grouped by citizen bucket; return once the bus acked every message."""
     topic = events_topic(runtime.settings)
-    groups: dict[bytes, list[BusEvent]] = {}
-    keys: dict[UUID, bytes] = {}
+    groups: dict[bytes, list[RawBusEvent | BusEvent]] = {}
+    keys: dict[bytes, bytes] = {}
     for ev in events:
-        key = keys.get(ev.citizen_id)
+        citizen = ev.citizen_id
+        raw = citizen if isinstance(citizen, bytes) else citizen.bytes
+        key = keys.get(raw)
         if key is None:
-            key = keys[ev.citizen_id] = bucket_key(ev.citizen_id)
+            key = keys[raw] = b"c%02d" % bucket_of_raw(raw)  # as bucket_key()
         groups.setdefault(key, []).append(ev)
+    # Both kinds of event have one wire form (UUIDs as 16 bytes).
     messages = [
-        Message(key, bus_encoder.encode(Envelope(ENVELOPE_VERSION, evs)))
+        Message(key, bus_encoder.encode(RawEnvelope(ENVELOPE_VERSION, evs)))  # type: ignore[arg-type]
         for key, evs in groups.items()
     ]
     started = time.perf_counter()

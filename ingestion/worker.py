@@ -34,7 +34,7 @@ from ingestion.crediting import (
     store_dead_letters,
     uuid_text,
 )
-from ingestion.schemas import WorkerEvent, worker_decoder
+from ingestion.schemas import RawBusEvent, raw_bus_decoder
 from ingestion.service import ensure_topic, events_topic, tune_gc_once, worker_group
 
 log = structlog.get_logger()
@@ -47,14 +47,14 @@ GIVE_UP_AFTER = 5  # attempts at a batch that fails for a non-transient reason
 
 def decode_messages(
     messages: Sequence[Message],
-) -> tuple[list[WorkerEvent], list[bytes], list[DeadLetter]]:
+) -> tuple[list[RawBusEvent], list[bytes], list[DeadLetter]]:
     """The batch's events and their bus keys (aligned), and the undecodable messages."""
-    events: list[WorkerEvent] = []
+    events: list[RawBusEvent] = []
     keys: list[bytes] = []
     dead: list[DeadLetter] = []
     for m in messages:
         try:
-            envelope = worker_decoder.decode(m.value)
+            envelope = raw_bus_decoder.decode(m.value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             dead.append(DeadLetter(m.key, m.value, E.DL_DECODE, str(exc)[:500]))
             continue
@@ -63,8 +63,8 @@ def decode_messages(
     return events, keys, dead
 
 
-def _unique(events: list[WorkerEvent], keys: list[bytes]) -> tuple[
-        list[WorkerEvent], list[bytes], int]:
+def _unique(events: list[RawBusEvent], keys: list[bytes]) -> tuple[
+        list[RawBusEvent], list[bytes], int]:
     """Keep the first of each (scene, event_id) in the batch; count the repeats."""
     seen: set[tuple[bytes, str]] = set()
     kept: list[int] = []
@@ -107,7 +107,7 @@ async def credit_messages(
 
 
 async def _credit_once(
-    runtime: Runtime, topic: str, events: list[WorkerEvent], keys: list[bytes],
+    runtime: Runtime, topic: str, events: list[RawBusEvent], keys: list[bytes],
     dead: list[DeadLetter], *, probe: bool,
 ) -> Outcome:
     from points import service as points

@@ -121,6 +121,11 @@ class Link:
     consent_id: UUID
     intervals: tuple[tuple[datetime, datetime | None], ...]
     consent_ids: tuple[UUID, ...] = ()
+    citizen_raw: bytes = b""  # ``citizen_id.bytes``, kept for the hot path's bus events
+
+    def __post_init__(self) -> None:
+        if not self.citizen_raw:
+            object.__setattr__(self, "citizen_raw", self.citizen_id.bytes)
 
     def consent_at(self, t: datetime) -> UUID | None:
         """The consent in force at ``t`` (granted at or before ``t``, not yet revoked)."""
@@ -181,11 +186,11 @@ MAX_REPLAY = 10_000  # a cache further behind than this many changes drops the s
 LINK_CHANGES_KEPT = timedelta(days=1)  # how long the change log is kept
 TRIM_INTERVAL_S = 3600.0
 
-_SCENE_VERSION_SQL = text(
+_SCENE_VERSION_SQL = (
     "SELECT s.links_version, s.code, s.status, s.claim_window_days, "
     "ARRAY(SELECT b.code FROM scene_behaviours b WHERE b.scene_id = s.id ORDER BY b.code) "
-    "FROM scenes s WHERE s.id = :id"
-).bindparams(bindparam("id", type_=Uuid()))
+    "FROM scenes s WHERE s.id = $1"
+)
 _CHANGES_SQL = (
     "SELECT citizen_id, partner_user_ref FROM scene_link_changes "
     "WHERE scene_id = $1 AND version > $2 AND version <= $3"
@@ -295,7 +300,9 @@ link_cache = LinkCache()
 
 
 async def _driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session (its transaction already begun)."""
+    """The asyncpg connection under the session. Statements sent on it before SQLAlchemy has
+    begun the session's transaction run each on its own, as on the autocommit session of the
+    ingestion API: the lookups here are single-statement reads, ordered as said below."""
     conn = await session.connection()
     raw = await conn.get_raw_connection()
     drv: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
@@ -323,7 +330,8 @@ async def links_for_ingest(
     # The version FIRST: under READ COMMITTED each later statement of this batch sees a
     # snapshot at least as new, so the changes and links read below are never older than
     # the version they are cached under.
-    row = (await session.execute(_SCENE_VERSION_SQL, {"id": scene_id})).first()
+    driver = await _driver(session)  # asyncpg itself: one small query per partner batch
+    row = await driver.fetchrow(_SCENE_VERSION_SQL, scene_id)
     if row is None:
         raise SceneUnknown()
     version = row[0]

@@ -10,19 +10,19 @@ from sqlalchemy import text
 
 from app.runtime import Runtime
 from ingestion.crediting import Priced, apply_caps, business_date
-from ingestion.schemas import WorkerEvent
+from ingestion.schemas import RawBusEvent
 
 SCENE = uuid.uuid4()
 RULE = uuid.uuid4()
 CONV = uuid.uuid4()
 
 
-Row = tuple[WorkerEvent, int, int | None, int | None]
+Row = tuple[RawBusEvent, int, int | None, int | None]
 
 
 def priced(citizen: uuid.UUID, event_id: str, at: dt.datetime, grams: int, *,
            day_cap: int | None, year_cap: int | None, behaviour: str = "bus_ride") -> Row:
-    ev = WorkerEvent(SCENE.bytes, event_id, citizen.bytes, behaviour, 1000, at, at)
+    ev = RawBusEvent(SCENE.bytes, event_id, citizen.bytes, behaviour, 1000, at, at)
     return ev, grams, day_cap, year_cap
 
 
