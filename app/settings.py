@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     ingest_publish_timeout_s: float = Field(
         default=5.0, gt=0, description="how long an ingestion request waits for the bus ack")
     ingest_pending_ttl_s: int = Field(
-        default=30, ge=1, description="TTL of a pending dedupe mark (outlives the publish)")
+        default=30, ge=1,
+        description="TTL of a request's pending dedupe token (outlives the publish); a mark "
+                    "whose token is gone is free again")
 
     @property
     def embedded(self) -> bool:
