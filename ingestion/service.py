@@ -2,9 +2,10 @@
 
 The hot path in two steps, so that no database connection is held while the bus acks:
 
-1. :func:`check_batch` (one read transaction, three set-based queries: the scene, the links
-   and consents of every ``partner_user_ref``, the rules of every behaviour) gives each event
-   its outcome: rejected with a code, or a candidate;
+1. :func:`check_batch` (on an autocommit session; in the steady state one small query: the
+   scene with its links version, the links and consents coming from the process's link cache
+   of :func:`scenes.service.links_for_ingest`, the rules cached for a second) gives each event
+   its outcome: rejected with a code, or a candidate (a :class:`RawBusEvent`);
 2. :func:`publish_batch` claims every ``(scene, event_id)`` with one Redis round trip (a Lua
    script over the batch), publishes the claimed events to the bus keyed by their citizen's
    bucket, and returns only after the bus acknowledged durably.
