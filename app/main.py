@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app import errors, health
 from app.idempotency import IdempotencyMiddleware
 from app.observability import RequestContextMiddleware, configure_logging
-from app.runtime import Runtime, open_runtime
+from app.runtime import Runtime, open_runtime, tune_gc
 from app.settings import Settings, get_settings
 
 log = structlog.get_logger()
@@ -42,9 +42,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from app.migrations import check_current
+        from scenes.lookup import link_cache
 
         own = runtime is None
         rt = runtime or await open_runtime(settings)
+        link_cache.max_refs = settings.ingest_link_cache_refs
+        if own:
+            tune_gc()
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         watcher: asyncio.Task[None] | None = None

@@ -6,6 +6,7 @@ the CLI and the tests all open the same :class:`Runtime`.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,21 @@ if TYPE_CHECKING:
     from app.bus import Bus
 
 log = structlog.get_logger()
+
+
+_gc_tuned = False
+
+
+def tune_gc() -> None:
+    """Freeze the long-lived startup heap out of the cyclic collector and let it run less
+    often (once per process; ``serve`` and ``worker`` call it at start): an ingestion batch
+    allocates tens of thousands of short-lived objects, none in cycles, and full collections
+    over the framework's heap were ~20 % of the API's CPU."""
+    global _gc_tuned
+    if not _gc_tuned:
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 50)
+        _gc_tuned = True
 
 
 class _HiredisPacking:

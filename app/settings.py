@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         default=2, ge=0, description="a stored dedupe mark outlives the claim window by this")
     ingest_publish_timeout_s: float = Field(
         default=5.0, gt=0, description="how long an ingestion request waits for the bus ack")
+    ingest_link_cache_refs: int = Field(
+        default=1_000_000, ge=1_000,
+        description="partner user refs the ingestion API caches per process (~600 B each)")
     ingest_pending_ttl_s: int = Field(
         default=30, ge=1,
         description="TTL of a request's pending dedupe token (outlives the publish); a mark "

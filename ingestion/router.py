@@ -72,7 +72,6 @@ def _scene(partner: Principal) -> Any:
                503: _PROBLEM},
 )
 async def ingest_batch(request: Request, partner: CurrentPartner, runtime: RuntimeDep) -> Response:
-    service.tune_gc_once()
     scene_id = _scene(partner)
     limits = service.Limits.of(runtime.settings)
     events = service.decode_batch(await request.body(), limits=limits)

@@ -45,7 +45,6 @@ citizen's consent covered ``occurred_at``.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import secrets
 import time
 from collections.abc import Sequence
@@ -129,21 +128,6 @@ def worker_group(settings: Settings) -> str:
 def bucket_key(citizen_id: UUID) -> bytes:
     """The bus key of a citizen's events: its bucket (Kafka and the queue partition by it)."""
     return b"c%02d" % bucket_of(citizen_id)
-
-
-_gc_tuned = False
-
-
-def tune_gc_once() -> None:
-    """Freeze the long-lived startup heap out of the cyclic collector and let it run less
-    often: a 1,000-event batch allocates tens of thousands of short-lived objects, none in
-    cycles, and full collections over the framework's heap were ~20 % of the API's CPU.
-    (Process-wide; it belongs in the kernel's startup, done here on the first batch.)"""
-    global _gc_tuned
-    if not _gc_tuned:
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 50)
-        _gc_tuned = True
 
 
 # ---------------------------------------------------------------- decoding

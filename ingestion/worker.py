@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app import clock
 from app.bus import Batch, BusUnavailable, Consumer, Message
-from app.runtime import Runtime
+from app.runtime import Runtime, tune_gc
 from ingestion import errors as E
 from ingestion import metrics
 from ingestion.crediting import (
@@ -35,7 +35,7 @@ from ingestion.crediting import (
     uuid_text,
 )
 from ingestion.schemas import RawBusEvent, raw_bus_decoder
-from ingestion.service import ensure_topic, events_topic, tune_gc_once, worker_group
+from ingestion.service import ensure_topic, events_topic, worker_group
 
 log = structlog.get_logger()
 
@@ -268,7 +268,7 @@ async def run_forever(runtime: Runtime, stop: asyncio.Event, *, consumers: int =
 
 async def run_until_signal(runtime: Runtime, consumers: int = 1) -> None:
     """``tanhui worker``: run until SIGTERM or SIGINT, finishing the batch in hand."""
-    tune_gc_once()
+    tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
