@@ -14,7 +14,8 @@ Rules (DOMAIN.md, Art. 31–34):
   that moves points between accounts.
 
 Every function takes the caller's session and never commits; each write is one set-based
-statement, under the lock order accounts (by citizen) → holds → lots.
+statement or one binary COPY (a credit batch's entries and lots), under the lock order
+accounts (by citizen) → holds → lots.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ledger's SQL: every write is one set-based statement (asyncpg ``$n`` parameters).
+"""The ledger's SQL: every write is one set-based statement (asyncpg ``$n`` parameters), but
+for the credit batch's entries and lots, which are COPYed (``points.binary``).
 
 Lock order everywhere, so concurrent workers, holds and the expiry job never deadlock:
 accounts (ascending ``citizen_id``) → holds → lots.
