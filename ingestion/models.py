@@ -58,4 +58,5 @@ cap_usage = Table(
     PrimaryKeyConstraint("citizen_id", "scene_id", "behaviour", "kind", "period"),
     CheckConstraint("used_grams >= 0", name="used_non_negative"),
     CheckConstraint("kind IN ('d', 'y')", name="kind_known"),
+    postgresql_with={"fillfactor": 70},  # room for HOT updates (migration 0012)
 )
