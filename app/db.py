@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from sqlalchemy import DateTime, MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -39,6 +40,22 @@ def asyncpg_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
+
+
+async def asyncpg_connection(session: AsyncSession, *, begin: bool = True) -> asyncpg.Connection:
+    """The asyncpg connection under ``session``, for set-based statements with typed array
+    parameters and COPY. ``begin``: make sure the session's transaction has begun on the server
+    (SQLAlchemy's adapter sends BEGIN lazily, on its first statement), so what is sent here is
+    part of it; without it, statements sent before SQLAlchemy begins run each on their own
+    (single-statement reads on an autocommit session)."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+    if begin and not driver.is_in_transaction():
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
 
 
 class Database:

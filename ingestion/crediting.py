@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import asyncpg_connection
 from ingestion import errors as E
 from ingestion.schemas import (
     ENVELOPE_VERSION,
@@ -209,16 +209,6 @@ def price_events(
     return priced, dead
 
 
-async def driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session's transaction (begun if not yet)."""
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    drv: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-    if not drv.is_in_transaction():
-        await conn.exec_driver_sql("SELECT 1")  # SQLAlchemy begins lazily
-    return drv
-
-
 # The bus never hands one citizen bucket to two consumers at once, except for a moment
 # during a Kafka rebalance. For that moment, a transaction-scoped advisory lock per bucket
 # of the batch (taken in order: no deadlock; at most BUCKETS locks) serialises the readers
@@ -289,7 +279,7 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
             keys.setdefault(k, len(keys))
     citizens = {k[0] for k in keys}
     buckets = sorted({bucket_of_raw(c) for c in citizens})
-    conn = await driver(session)
+    conn = await asyncpg_connection(session)
     await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
     key_list = list(keys)
     texts = {raw: uuid_text(raw) for raw in citizens | {k[1] for k in keys}}
@@ -339,7 +329,7 @@ ON CONFLICT DO NOTHING
 async def store_dead_letters(session: AsyncSession, topic: str, dead: list[DeadLetter]) -> None:
     if not dead:
         return
-    conn = await driver(session)
+    conn = await asyncpg_connection(session)
     await conn.execute(
         _INSERT_DEAD, topic, [d.key for d in dead], [d.payload for d in dead],
         [d.scene_id for d in dead], [d.event_id for d in dead],

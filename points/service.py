@@ -32,6 +32,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
+from app.db import asyncpg_connection
 from app.settings import get_settings
 from points import binary, sql
 from points.errors import (
@@ -172,19 +173,6 @@ class AccountDiff:
     problems: list[str] = field(default_factory=list)
 
 
-async def _driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection of the session's transaction (begun if it was not yet)."""
-    if session.new or session.dirty or session.deleted:
-        await session.flush()
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-    if not driver.is_in_transaction():
-        # SQLAlchemy's adapter issues BEGIN lazily, on its first statement.
-        await conn.exec_driver_sql("SELECT 1")
-    return driver
-
-
 def _now(now: datetime | None) -> datetime:
     return now or clock.now()
 
@@ -229,7 +217,7 @@ async def known_credits(
 ) -> set[int]:
     """The positions of the ``(scene, event id)`` pairs already in the ledger (one probe of
     the unique index each, whatever the ledger's size)."""
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     rows = await driver.fetch(sql.LEDGER_DUPLICATES, scenes, event_ids,
                               list(range(len(event_ids))))
     return {r[0] for r in rows}
@@ -308,7 +296,7 @@ async def credit_columns(
             f"event {credits.event_id[bad]}: grams must be >= 0 and grams_per_point > 0")
     now = _now(now)
     expires_at = now + timedelta(days=get_settings().points_validity_days)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     accounts = await _lock_accounts(driver, list(dict.fromkeys(credits.citizen)), now)
     known: set[int] = set()
     if skip_known:
@@ -440,7 +428,7 @@ async def hold(
     if ttl <= 0:
         raise HoldInvalid("The hold's time to live must be positive.")
     now = _now(now)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     account = await driver.fetchrow(sql.ACCOUNT_FOR_UPDATE, citizen_id)
     if account is None:
         raise AccountNotFound()
@@ -479,7 +467,7 @@ async def release(
     """Give a hold's points back to the lots they came from; a part whose lot expired
     meanwhile expires instead. ``citizen_id`` restricts it to that citizen's holds."""
     now = _now(now)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     row = await _locked_hold(driver, hold_id, citizen_id)
     if row["status"] != "active":
         raise HoldNotActive(row["status"])
@@ -496,7 +484,7 @@ async def redeem(
     """Redeem a hold: its points are cancelled (注销, Art. 34). Only a hold the citizen
     placed and that is still active can be redeemed; nothing else debits an account."""
     now = _now(now)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     row = await _locked_hold(driver, hold_id, None)
     if row["status"] != "active":
         raise HoldNotActive(row["status"])
@@ -510,7 +498,7 @@ async def redeem(
 
 
 async def get_hold(session: AsyncSession, hold_id: UUID) -> HoldView:
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     row = await driver.fetchrow(sql.HOLD_BY_ID, hold_id)
     if row is None:
         raise HoldNotFound()
@@ -519,7 +507,7 @@ async def get_hold(session: AsyncSession, hold_id: UUID) -> HoldView:
 
 async def open_holds(session: AsyncSession, citizen_id: UUID) -> list[HoldView]:
     """The citizen's active holds, oldest first."""
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     rows = await driver.fetch(
         "SELECT h.id, a.citizen_id, h.points, h.status, h.expires_at, h.reference"
         " FROM points_holds h JOIN points_accounts a ON a.id = h.account_id"
@@ -537,7 +525,7 @@ async def expire_due(session: AsyncSession, *, now: datetime | None = None) -> i
     past ``expires_at`` (Art. 34). Set-based and idempotent: a second run finds nothing.
     Returns the number of lots expired plus holds released."""
     now = _now(now)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     await driver.execute(sql.LOCK_DUE_ACCOUNTS, now)
     released = await driver.fetch(sql.RELEASE_HOLDS.format(which="expires_at <= $1"), now)
     lots = await driver.fetchval(sql.EXPIRE_LOTS, now)
@@ -553,7 +541,7 @@ async def balance(
     """Available (not counting lots already past expiry), held, and expiring within 30
     days. A citizen never credited has an empty balance."""
     now = _now(now)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     row = await driver.fetchrow(sql.BALANCE, citizen_id, now, now + EXPIRING_WINDOW)
     if row is None:
         return BalanceView(citizen_id, 0, 0, 0)
@@ -574,7 +562,7 @@ async def list_lots(
     """The citizen's lots, first-expiring-first: by default those with points left and not
     yet past expiry."""
     now = _now(now)
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     account_id = await _account_id(driver, citizen_id)
     if account_id is None:
         return []
@@ -624,7 +612,7 @@ async def statement(
     if not 1 <= limit <= 500:
         raise AmountInvalid("limit must be between 1 and 500.")
     before = _decode_cursor(cursor) if cursor else None
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     account_id = await _account_id(driver, citizen_id)
     if account_id is None:
         return StatementPage([], None)
@@ -641,7 +629,7 @@ async def statement(
 
 async def export_ledger(session: AsyncSession, citizen_id: UUID) -> dict[str, Any]:
     """Everything the ledger holds about a citizen (PIPL 查阅复制权), JSON-ready."""
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     account = await driver.fetchrow(
         "SELECT id, available, held, gram_carry, created_at FROM points_accounts"
         " WHERE citizen_id = $1", citizen_id,
@@ -690,7 +678,7 @@ async def check(session: AsyncSession) -> list[AccountDiff]:
     """Reconcile every account (``tanhui points check``): credited = available + held +
     redeemed + expired; available = the lots' remainders = the entries replayed; held = the
     active holds = their allocations. Returns the accounts that differ."""
-    driver = await _driver(session)
+    driver = await asyncpg_connection(session)
     diffs: list[AccountDiff] = []
     for r in await driver.fetch(sql.CHECK):
         problems: list[str] = []

@@ -9,8 +9,6 @@ Re-exported by :mod:`scenes.service`. Caching decisions:
   batch that finds a newer version drops exactly the changed entries before answering. So a
   revocation, a new link or a suspension counts from the next batch (Art. 32, Art. 34) in
   every process, and a steady stream of batches costs one indexed single-row query each.
-- :func:`scene_for_ingest` (other callers) keeps a per-process cache of :data:`SCENE_TTL_S`
-  (1 s) per scene; a status change made in this process drops the entry at once.
 - :func:`resolve_links` is never cached: one indexed query per call.
 - :func:`rulebook` is one query per batch returning every published version for the asked
   (scene, behaviour) pairs plus every published conversion version; published versions only
@@ -22,14 +20,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-import asyncpg
 import structlog
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -37,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.types import String, Uuid
 
 from app import clock
+from app.db import asyncpg_connection
 from scenes.errors import SceneNotActive, SceneUnknown
 
 if TYPE_CHECKING:
@@ -44,7 +41,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
-SCENE_TTL_S = 1.0
 MILLI = 1_000
 
 
@@ -67,46 +63,6 @@ class SceneInfo:
         """Raise 409 ``scene.not_active`` unless the scene is active."""
         if not self.accepting:
             raise SceneNotActive(self.status)
-
-
-_scene_cache: dict[UUID, tuple[float, SceneInfo]] = {}
-
-
-def invalidate_scene(scene_id: UUID | None = None) -> None:
-    """Drop one scene (or all) from this process's cache; called on every status change."""
-    if scene_id is None:
-        _scene_cache.clear()
-    else:
-        _scene_cache.pop(scene_id, None)
-
-
-async def scene_for_ingest(session: AsyncSession, scene_id: UUID) -> SceneInfo:
-    """The scene as of at most :data:`SCENE_TTL_S` ago; 404 ``scene.unknown`` if none.
-
-    The caller refuses events unless ``info.accepting`` (or calls ``require_accepting``).
-    """
-    mono = time.monotonic()
-    hit = _scene_cache.get(scene_id)
-    if hit is not None and hit[0] > mono:
-        return hit[1]
-    row = (
-        await session.execute(
-            text(
-                "SELECT s.id, s.code, s.status, s.claim_window_days, "
-                "coalesce(array_agg(b.code) FILTER (WHERE b.code IS NOT NULL), '{}') AS codes "
-                "FROM scenes s LEFT JOIN scene_behaviours b ON b.scene_id = s.id "
-                "WHERE s.id = :id GROUP BY s.id"
-            ),
-            {"id": scene_id},
-        )
-    ).one_or_none()
-    if row is None:
-        raise SceneUnknown()
-    info = SceneInfo(row.id, row.code, row.status, row.claim_window_days, frozenset(row.codes))
-    if len(_scene_cache) > 10_000:
-        _scene_cache.clear()
-    _scene_cache[scene_id] = (mono + SCENE_TTL_S, info)
-    return info
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,16 +255,6 @@ link_cache = LinkCache()
 """The process's cache, used by ingestion's API."""
 
 
-async def _driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under the session. Statements sent on it before SQLAlchemy has
-    begun the session's transaction run each on its own, as on the autocommit session of the
-    ingestion API: the lookups here are single-statement reads, ordered as said below."""
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    drv: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
-    return drv
-
-
 def _link(r: Any) -> Link:
     ids = r[2]
     return Link(r[1], ids[-1], tuple(zip(r[3], r[4], strict=True)), tuple(ids))
@@ -330,7 +276,8 @@ async def links_for_ingest(
     # The version FIRST: under READ COMMITTED each later statement of this batch sees a
     # snapshot at least as new, so the changes and links read below are never older than
     # the version they are cached under.
-    driver = await _driver(session)  # asyncpg itself: one small query per partner batch
+    # asyncpg itself, no BEGIN: single-statement reads (an autocommit session on the hot path)
+    driver = await asyncpg_connection(session, begin=False)
     row = await driver.fetchrow(_SCENE_VERSION_SQL, scene_id)
     if row is None:
         raise SceneUnknown()
@@ -344,7 +291,7 @@ async def links_for_ingest(
         seen = state.version
         changes = None
         if version - seen <= MAX_REPLAY:
-            changes = await (await _driver(session)).fetch(_CHANGES_SQL, scene_id, seen, version)
+            changes = await driver.fetch(_CHANGES_SQL, scene_id, seen, version)
         # Other batches of this process may have advanced the state meanwhile: advance()
         # applies only what is still newer, and never moves the version back.
         state.advance(seen, version, changes)
@@ -358,7 +305,7 @@ async def links_for_ingest(
         elif link is not None:
             found[ref] = link
     if missing:
-        rows = await (await _driver(session)).fetch(_LINKS_SQL, scene_id, missing)
+        rows = await driver.fetch(_LINKS_SQL, scene_id, missing)
         fetched = {r[0]: _link(r) for r in rows}
         found.update(fetched)
         # Cache them only if no newer change was applied while the query ran: this read may
