@@ -120,7 +120,7 @@ BUCKETS = 64
 
 def bucket_of(citizen_id: uuid.UUID) -> int:
     """The citizen's bucket (stable across processes and versions: CRC-32 of the UUID)."""
-    return zlib.crc32(citizen_id.bytes) % BUCKETS
+    return bucket_of_raw(citizen_id.bytes)
 
 
 def bucket_of_raw(citizen_id: bytes) -> int:

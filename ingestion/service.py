@@ -75,7 +75,6 @@ from ingestion.schemas import (
     RawBusEvent,
     RawEnvelope,
     batch_decoder,
-    bucket_of,
     bucket_of_raw,
     bus_encoder,
     event_decoder,
@@ -125,9 +124,10 @@ def worker_group(settings: Settings) -> str:
     return settings.ingest_worker_group
 
 
-def bucket_key(citizen_id: UUID) -> bytes:
+def bucket_key(citizen_id: UUID | bytes) -> bytes:
     """The bus key of a citizen's events: its bucket (Kafka and the queue partition by it)."""
-    return b"c%02d" % bucket_of(citizen_id)
+    raw = citizen_id if isinstance(citizen_id, bytes) else citizen_id.bytes
+    return b"c%02d" % bucket_of_raw(raw)
 
 
 # ---------------------------------------------------------------- decoding
@@ -483,13 +483,12 @@ async def publish_events(
     """Publish events grouped by citizen bucket; return once the bus acked every message."""
     topic = events_topic(runtime.settings)
     groups: dict[bytes, list[RawBusEvent | BusEvent]] = {}
-    keys: dict[bytes, bytes] = {}
+    keys: dict[UUID | bytes, bytes] = {}
     for ev in events:
         citizen = ev.citizen_id
-        raw = citizen if isinstance(citizen, bytes) else citizen.bytes
-        key = keys.get(raw)
+        key = keys.get(citizen)
         if key is None:
-            key = keys[raw] = b"c%02d" % bucket_of_raw(raw)  # as bucket_key()
+            key = keys[citizen] = bucket_key(citizen)
         groups.setdefault(key, []).append(ev)
     # Both kinds of event have one wire form (UUIDs as 16 bytes).
     messages = [
