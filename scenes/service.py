@@ -2,8 +2,8 @@
 disclosure reads (Art. 36). Also the public face of the package for other domains:
 
 - ingestion calls :func:`links_for_ingest` and :func:`rulebook`, other readers
-  :func:`scene_for_ingest` and :func:`resolve_links` (see :mod:`scenes.lookup` for their
-  caching); ``tanhui serve`` runs :func:`run_link_change_trim`;
+  :func:`resolve_links` (see :mod:`scenes.lookup` for their caching); ``tanhui serve`` runs
+  :func:`run_link_change_trim`;
 - rules live in :mod:`scenes.rules`, consent and linking in :mod:`scenes.consent`.
 
 Every admin write here appends to the audit log in the caller's transaction.
@@ -32,12 +32,10 @@ from scenes.lookup import (
     ReductionRule,
     RuleBook,
     SceneInfo,
-    invalidate_scene,
     links_for_ingest,
     resolve_links,
     rulebook,
     run_link_change_trim,
-    scene_for_ingest,
     trim_link_changes,
 )
 from scenes.models import Behaviour, Scene, SceneCategory, SceneClient
@@ -64,7 +62,6 @@ __all__ = [
     "resolve_links",
     "rulebook",
     "run_link_change_trim",
-    "scene_for_ingest",
     "trim_link_changes",
 ]
 
@@ -258,7 +255,6 @@ async def update_scene(
     data = _scene_audit(scene) | {"changed": sorted(fields), "previous_status": previous}
     await audit.append(session, actor=actor, action="scenes.update", entity="scene",
                        entity_id=str(scene.id), data=data, now=now)
-    invalidate_scene(scene.id)
     return await scene_out(session, scene)
 
 
@@ -350,7 +346,6 @@ async def add_behaviour(
     await audit.append(session, actor=actor, action="scenes.behaviour.add", entity="scene",
                        entity_id=str(scene_id),
                        data={"behaviour_id": behaviour_id, **data.model_dump()}, now=now)
-    invalidate_scene(scene_id)
     return BehaviourOut(code=data.code, name_zh=data.name_zh, name_en=data.name_en,
                         description=data.description)
 

@@ -166,7 +166,7 @@ async def test_resolve_links_is_one_query_for_a_batch(runtime: Runtime) -> None:
         assert await service.resolve_links(s, other.id, refs) == {}  # scoped to the scene
 
 
-async def test_scene_for_ingest_unknown_scene(runtime: Runtime) -> None:
+async def test_ingest_lookup_of_an_unknown_scene(runtime: Runtime) -> None:
     async with runtime.db.transaction() as s:
         with pytest.raises(SceneUnknown):
-            await service.scene_for_ingest(s, uuid.uuid4())
+            await service.links_for_ingest(s, uuid.uuid4(), [])

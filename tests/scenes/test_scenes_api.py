@@ -15,7 +15,6 @@ from app import clock
 from app.runtime import Runtime
 from scenes import service
 from scenes.errors import SceneNotActive
-from scenes.lookup import invalidate_scene
 from tests.scenes.conftest import (
     admin_headers,
     count,
@@ -127,39 +126,32 @@ async def test_art32_status_transitions(client: httpx.AsyncClient, runtime: Runt
 
 async def test_art32_suspended_scene_refused_at_once(client: httpx.AsyncClient,
                                                       runtime: Runtime) -> None:
-    """Art. 32: suspending a scene is seen by ingestion's lookup at once (cache dropped)."""
+    """Art. 32: suspending a scene is seen by ingestion's lookup on the next batch."""
     scene = await make_scene(runtime)
     async with runtime.db.transaction() as s:
-        assert (await service.scene_for_ingest(s, scene.id)).accepting
+        info, _ = await service.links_for_ingest(s, scene.id, [])
+    assert info.accepting
     r = await client.patch(f"/v1/admin/scenes/{scene.id}", json={"status": "suspended"},
                            headers=admin_headers())
     assert r.status_code == 200
-    async with runtime.db.transaction() as s:
-        info = await service.scene_for_ingest(s, scene.id)
-    assert info.status == "suspended" and not info.accepting
     with pytest.raises(SceneNotActive) as refused:  # what ingestion raises to the partner
-        info.require_accepting()
+        async with runtime.db.transaction() as s:
+            await service.links_for_ingest(s, scene.id, [])
     assert refused.value.code == "scene.not_active"
 
 
-async def test_scene_lookup_cache_is_bounded_to_one_second(runtime: Runtime) -> None:
-    """Another process's change (simulated by a direct write) is seen within the TTL."""
+async def test_art32_status_written_by_another_process_is_seen_by_the_next_batch(
+        runtime: Runtime) -> None:
+    """Another process's change (simulated by a direct write) is seen by the next lookup:
+    the scene is read fresh for every batch."""
     scene = await make_scene(runtime)
     async with runtime.db.transaction() as s:
-        await service.scene_for_ingest(s, scene.id)
+        await service.links_for_ingest(s, scene.id, [])
         await s.execute(text("UPDATE scenes SET status = 'suspended' WHERE id = :i"),
                         {"i": scene.id})
-    async with runtime.db.transaction() as s:
-        cached = await service.scene_for_ingest(s, scene.id)
-    assert cached.status == "active"  # still within the 1 s window of this process
-    from scenes import lookup
-
-    expired = lookup._scene_cache[scene.id]
-    lookup._scene_cache[scene.id] = (0.0, expired[1])  # the second has passed
-    async with runtime.db.transaction() as s:
-        fresh = await service.scene_for_ingest(s, scene.id)
-    assert fresh.status == "suspended"
-    invalidate_scene()
+    with pytest.raises(SceneNotActive):
+        async with runtime.db.transaction() as s:
+            await service.links_for_ingest(s, scene.id, [])
 
 
 async def test_art32_credentials_shown_once_and_keys_rotate(client: httpx.AsyncClient,
@@ -250,7 +242,7 @@ async def test_behaviours_per_scene(client: httpx.AsyncClient, runtime: Runtime)
     assert [b["code"] for b in listed.json()] == ["ride_km"]
     assert await count(runtime, "scene_behaviours", "scene_id = :i", i=scene.id) == 1
     async with runtime.db.transaction() as s:
-        assert (await service.scene_for_ingest(s, scene.id)).behaviours == {"ride_km"}
+        assert (await service.links_for_ingest(s, scene.id, []))[0].behaviours == {"ride_km"}
 
 
 async def test_new_link_refused_for_suspended_scene(client: httpx.AsyncClient,
