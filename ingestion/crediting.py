@@ -114,99 +114,105 @@ class Priced:
 _VARIES = object()
 
 
-def rule_pairs(events: Sequence[RawBusEvent]) -> set[tuple[UUID, str]]:
-    """The (scene, behaviour) pairs of a batch, for :func:`scenes.service.rulebook`."""
-    return {(UUID(bytes=s), b) for s, b in {(ev.scene_id, ev.behaviour) for ev in events}}
-
-
-def _fixed_rules(events: Sequence[RawBusEvent], rulebook: Any) -> tuple[
-        dict[tuple[bytes, str], Any], Any]:
-    """Per (scene, behaviour), the one reduction version in force over all the batch's
-    events, else ``_VARIES``; likewise the conversion version. A version is in force over an
-    interval: in force at the earliest and the latest ``occurred_at`` means at every one."""
-    span: dict[tuple[bytes, str], list[dt.datetime]] = {}
-    for ev in events:
-        at = ev.occurred_at
+def by_pair(events: Sequence[RawBusEvent]) -> dict[tuple[bytes, str], list[int]]:
+    """The positions of a batch's events per (scene, behaviour), in batch order."""
+    pairs: dict[tuple[bytes, str], list[int]] = {}
+    for i, ev in enumerate(events):
         k = (ev.scene_id, ev.behaviour)
-        seen = span.get(k)
-        if seen is None:
-            span[k] = [at, at]
-        elif at < seen[0]:
-            seen[0] = at
-        elif at > seen[1]:
-            seen[1] = at
-    fixed: dict[tuple[bytes, str], Any] = {}
-    first = last = None
-    for (scene, behaviour), (lo, hi) in span.items():
-        scene_id = UUID(bytes=scene)
-        rule = rulebook.rule_at(scene_id, behaviour, lo)
-        fixed[(scene, behaviour)] = (
-            rule if rule is not None and rule is rulebook.rule_at(scene_id, behaviour, hi)
-            else _VARIES)
-        first = lo if first is None or lo < first else first
-        last = hi if last is None or hi > last else last
-    conversion: Any = _VARIES
-    if first is not None:
-        c = rulebook.conversion_at(first)
-        if c is not None and c is rulebook.conversion_at(last):
-            conversion = c
-    return fixed, conversion
+        at = pairs.get(k)
+        if at is None:
+            pairs[k] = [i]
+        else:
+            at.append(i)
+    return pairs
+
+
+def rule_pairs(pairs: dict[tuple[bytes, str], list[int]]) -> set[tuple[UUID, str]]:
+    """The (scene, behaviour) pairs of a batch (:func:`by_pair`), for
+    :func:`scenes.service.rulebook`."""
+    return {(UUID(bytes=s), b) for s, b in pairs}
 
 
 def price_events(
-    events: Sequence[RawBusEvent], keys: Sequence[bytes], rulebook: Any
+    events: Sequence[RawBusEvent], keys: Sequence[bytes], rulebook: Any,
+    pairs: dict[tuple[bytes, str], list[int]] | None = None,
 ) -> tuple[Priced, list[DeadLetter]]:
     """Apply the reduction and conversion rules in force at each ``occurred_at`` and the
     per-event cap (Art. 31); events without a rule become dead letters. ``keys`` are the
-    events' bus keys (aligned), kept on their dead letters."""
+    events' bus keys (aligned), kept on their dead letters; ``pairs`` is :func:`by_pair`.
+
+    The priced events come (scene, behaviour) after (scene, behaviour), each pair's in batch
+    order. A pair whose one reduction version is in force over all its events (in force at
+    the earliest and the latest ``occurred_at`` means at every one), under one conversion
+    version, is priced a column at a time; the others event by event.
+    """
     priced = Priced()
     dead: list[DeadLetter] = []
-    fixed, fixed_conversion = _fixed_rules(events, rulebook)
-    # One pass, appending to the columns directly (the method calls of ``Priced.add`` per
-    # event would cost as much as the pricing).
-    add_event, add_day, add_grams = priced.events.append, priced.day.append, \
-        priced.grams.append
-    add_day_cap, add_year_cap = priced.day_cap.append, priced.year_cap.append
-    add_gpp, add_rrv, add_crv = priced.grams_per_point.append, \
-        priced.reduction_rule.append, priced.conversion_rule.append
+    if not events:
+        return priced, dead
+    if pairs is None:
+        pairs = by_pair(events)
+    occurred = [ev.occurred_at for ev in events]
+    conversion: Any = rulebook.conversion_at(min(occurred))
+    if conversion is None or conversion is not rulebook.conversion_at(max(occurred)):
+        conversion = _VARIES
     texts: dict[UUID, str] = {}
-    rule: Any = None
-    last_rule: Any = None
-    last_conversion: Any = None
-    rrv = crv = ""
-    for i, ev in enumerate(events):
+    for (scene, behaviour), at in pairs.items():
+        scene_id = UUID(bytes=scene)
+        when = [occurred[i] for i in at]
+        rule = rulebook.rule_at(scene_id, behaviour, min(when))
+        if rule is None or conversion is _VARIES \
+                or rule is not rulebook.rule_at(scene_id, behaviour, max(when)):
+            _price_one_by_one(priced, dead, events, keys, at, rulebook, texts)
+            continue
+        evs = [events[i] for i in at]
+        m = len(evs)
+        priced.events.extend(evs)
+        priced.grams.extend(rule.grams_for_all([ev.quantity_milli for ev in evs]))
+        day_cap, year_cap = rule.cap_grams_per_day, rule.cap_grams_per_year
+        # ``occurred_at`` is UTC: its Shanghai date
+        priced.day.extend([(t + SHANGHAI).date() for t in when]
+                          if day_cap is not None or year_cap is not None else [None] * m)
+        priced.day_cap.extend([day_cap] * m)
+        priced.year_cap.extend([year_cap] * m)
+        priced.grams_per_point.extend([conversion.grams_per_point] * m)
+        priced.reduction_rule.extend(
+            [texts.setdefault(rule.version_id, str(rule.version_id))] * m)
+        priced.conversion_rule.extend(
+            [texts.setdefault(conversion.version_id, str(conversion.version_id))] * m)
+    return priced, dead
+
+
+def _price_one_by_one(
+    priced: Priced, dead: list[DeadLetter], events: Sequence[RawBusEvent],
+    keys: Sequence[bytes], positions: list[int], rulebook: Any, texts: dict[UUID, str],
+) -> None:
+    """Price the events at ``positions`` (one scene and behaviour) each by the versions in
+    force at its ``occurred_at``."""
+    for i in positions:
+        ev = events[i]
         at = ev.occurred_at
-        rule = fixed[(ev.scene_id, ev.behaviour)]
-        if rule is _VARIES:
-            rule = rulebook.rule_at(UUID(bytes=ev.scene_id), ev.behaviour, at)
+        rule = rulebook.rule_at(UUID(bytes=ev.scene_id), ev.behaviour, at)
         if rule is None:
             dead.append(dead_event(ev, keys[i], E.DL_RULE_MISSING,
                                    f"no reduction rule for {ev.behaviour} at {at}"))
             continue
-        conversion = fixed_conversion
-        if conversion is _VARIES:
-            conversion = rulebook.conversion_at(at)
+        conversion = rulebook.conversion_at(at)
         if conversion is None:
             dead.append(dead_event(ev, keys[i], E.DL_CONVERSION_MISSING,
                                    f"no conversion rule at {at}"))
             continue
-        if rule is not last_rule:
-            last_rule = rule
-            rrv = texts.setdefault(rule.version_id, str(rule.version_id))
-        if conversion is not last_conversion:
-            last_conversion = conversion
-            crv = texts.setdefault(conversion.version_id, str(conversion.version_id))
         day_cap, year_cap = rule.cap_grams_per_day, rule.cap_grams_per_year
-        add_event(ev)
-        add_grams(rule.grams_for(ev.quantity_milli))  # the per-event cap included
-        add_day((at + SHANGHAI).date()  # ``at`` is UTC: its Shanghai date
-                if day_cap is not None or year_cap is not None else None)
-        add_day_cap(day_cap)
-        add_year_cap(year_cap)
-        add_gpp(conversion.grams_per_point)
-        add_rrv(rrv)
-        add_crv(crv)
-    return priced, dead
+        priced.events.append(ev)
+        priced.grams.append(rule.grams_for(ev.quantity_milli))  # the per-event cap included
+        priced.day.append((at + SHANGHAI).date()
+                          if day_cap is not None or year_cap is not None else None)
+        priced.day_cap.append(day_cap)
+        priced.year_cap.append(year_cap)
+        priced.grams_per_point.append(conversion.grams_per_point)
+        priced.reduction_rule.append(texts.setdefault(rule.version_id, str(rule.version_id)))
+        priced.conversion_rule.append(
+            texts.setdefault(conversion.version_id, str(conversion.version_id)))
 
 
 # The bus never hands one citizen bucket to two consumers at once, except for a moment
@@ -220,11 +226,12 @@ SELECT count(pg_advisory_xact_lock($1::int4, b)) FROM
   (SELECT b FROM unnest($2::int4[]) AS b ORDER BY b) AS t
 """
 
-# The batch's usage rows (what earlier batches granted), one index probe per row.
+# The batch's usage rows (what earlier batches granted), one index probe per row; a row's
+# position in the arrays (``WITH ORDINALITY``, from 1) says which key it is.
 _CAP_USAGE = """
 SELECT k.ord, u.used_grams
-FROM unnest($1::int4[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::date[])
-     AS k(ord, citizen_id, scene_id, behaviour, kind, period)
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[])
+     WITH ORDINALITY AS k(citizen_id, scene_id, behaviour, kind, period, ord)
 JOIN ingest_cap_usage u ON u.citizen_id = k.citizen_id AND u.scene_id = k.scene_id
  AND u.behaviour = k.behaviour AND u.kind = k.kind AND u.period = k.period
 """
@@ -239,8 +246,6 @@ ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
 DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
 """
 
-_CapKey = tuple[bytes, bytes, str, str, dt.date]
-
 
 async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     """Each event's grams after the daily and yearly caps (and record what was used).
@@ -252,68 +257,93 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     statement adds what was granted.
     """
     granted = list(priced.grams)
-    events, day_caps, year_caps = priced.events, priced.day_cap, priced.year_cap
-    capped = [i for i in range(len(events))
-              if day_caps[i] is not None or year_caps[i] is not None]
+    events, day_caps, year_caps, days = priced.events, priced.day_cap, priced.year_cap, \
+        priced.day
+    capped = [i for i, day in enumerate(days) if day is not None]  # a day or a year cap
     if not capped:
         return granted
     occurred = [ev.occurred_at for ev in events]
     capped.sort(key=occurred.__getitem__)  # stable: ties stay in batch order
-    days = priced.day
-    day_key: dict[int, _CapKey] = {}
-    year_key: dict[int, _CapKey] = {}
-    keys: dict[_CapKey, int] = {}  # key → its position in the lookup
+    # Events of one (citizen, scene, behaviour, business day) share a group; a group's usage
+    # keys (its day's, its year's) are made once, when an event of the group has that cap.
+    group_of: dict[tuple[bytes, bytes, str, dt.date], int] = {}
+    group: list[int] = []  # per capped event, in ``capped`` order
+    day_key: list[int] = []  # per group: position of its day key, or -1
+    year_key: list[int] = []
+    columns: tuple[list[Any], ...] = ([], [], [], [], [])  # citizen, scene, behaviour, kind, period
+    citizens, scenes, behaviours, kinds, periods = columns
     years: dict[dt.date, dt.date] = {}
+    year_of: dict[tuple[bytes, bytes, str, dt.date], int] = {}
+    add_group = group.append
     for i in capped:
         ev = events[i]
         day = days[i]
         assert day is not None
-        if day_caps[i] is not None:
-            k = day_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "d", day)
-            keys.setdefault(k, len(keys))
-        if year_caps[i] is not None:
+        k = (ev.citizen_id, ev.scene_id, ev.behaviour, day)
+        g = group_of.get(k)
+        if g is None:
+            g = group_of[k] = len(day_key)
+            day_key.append(-1)
+            year_key.append(-1)
+        add_group(g)
+        if day_caps[i] is not None and day_key[g] < 0:
+            day_key[g] = len(kinds)
+            citizens.append(ev.citizen_id)
+            scenes.append(ev.scene_id)
+            behaviours.append(ev.behaviour)
+            kinds.append("d")
+            periods.append(day)
+        if year_caps[i] is not None and year_key[g] < 0:
             year = years.get(day)
             if year is None:
                 year = years[day] = day.replace(month=1, day=1)
-            k = year_key[i] = (ev.citizen_id, ev.scene_id, ev.behaviour, "y", year)
-            keys.setdefault(k, len(keys))
-    citizens = {k[0] for k in keys}
-    buckets = sorted({bucket_of_raw(c) for c in citizens})
+            yk = (ev.citizen_id, ev.scene_id, ev.behaviour, year)  # the days of a year share it
+            y = year_of.get(yk)
+            if y is None:
+                y = year_of[yk] = len(kinds)
+                citizens.append(ev.citizen_id)
+                scenes.append(ev.scene_id)
+                behaviours.append(ev.behaviour)
+                kinds.append("y")
+                periods.append(year)
+            year_key[g] = y
+    buckets = sorted({bucket_of_raw(c) for c in set(citizens)})
     conn = await asyncpg_connection(session)
     await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
-    key_list = list(keys)
-    texts = {raw: uuid_text(raw) for raw in citizens | {k[1] for k in keys}}
-    columns: list[list[Any]] = [list(c) for c in zip(*key_list, strict=True)]
-    columns[0] = [texts[c] for c in columns[0]]
-    columns[1] = [texts[c] for c in columns[1]]
-    rows = await conn.fetch(_CAP_USAGE, list(range(len(key_list))), *columns)
-    used = [0] * len(key_list)
-    for ord_, grams in rows:
-        used[ord_] = grams
-    added = [0] * len(key_list)
-    for i in capped:
+    texts = {raw: uuid_text(raw) for raw in set(citizens) | set(scenes)}
+    citizen_text = [texts[c] for c in citizens]
+    scene_text = [texts[c] for c in scenes]
+    used = [0] * (len(kinds) + 1)  # by key position; the database counts from 1
+    for ord_, grams in await conn.fetch(
+            _CAP_USAGE, citizen_text, scene_text, behaviours, kinds, periods):
+        used[ord_ - 1] = grams
+    added = [0] * len(kinds)
+    for n, i in enumerate(capped):
         g = granted[i]
-        dk = day_key.get(i)
-        yk = year_key.get(i)
-        if dk is not None:
-            d = keys[dk]
-            g = max(0, min(g, day_caps[i] - used[d]))  # type: ignore[operator]
-        if yk is not None:
-            y = keys[yk]
-            g = max(0, min(g, year_caps[i] - used[y]))  # type: ignore[operator]
-        granted[i] = g
-        if g:
-            if dk is not None:
+        cap = day_caps[i]
+        d = day_key[group[n]] if cap is not None else -1
+        if d >= 0:
+            g = min(g, cap - used[d])  # type: ignore[operator]
+        cap = year_caps[i]
+        y = year_key[group[n]] if cap is not None else -1
+        if y >= 0:
+            g = min(g, cap - used[y])  # type: ignore[operator]
+        if g > 0:
+            if d >= 0:
                 used[d] += g
                 added[d] += g
-            if yk is not None:
+            if y >= 0:
                 used[y] += g
                 added[y] += g
-    moved = [j for j in range(len(key_list)) if added[j]]
+        else:
+            g = 0
+        granted[i] = g
+    moved = [j for j in range(len(kinds)) if added[j]]
     if moved:
         await conn.execute(
-            _ADD_CAP_USAGE, *([col[j] for j in moved] for col in columns),
-            [added[j] for j in moved])
+            _ADD_CAP_USAGE, [citizen_text[j] for j in moved], [scene_text[j] for j in moved],
+            [behaviours[j] for j in moved], [kinds[j] for j in moved],
+            [periods[j] for j in moved], [added[j] for j in moved])
     return granted
 
 

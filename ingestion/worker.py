@@ -29,6 +29,7 @@ from ingestion.crediting import (
     DeadLetter,
     Outcome,
     apply_caps,
+    by_pair,
     price_events,
     rule_pairs,
     store_dead_letters,
@@ -126,8 +127,9 @@ async def _credit_once(
                 kept = [i for i in range(len(events)) if i not in known]
                 events, keys = [events[i] for i in kept], [keys[i] for i in kept]
         if events:
-            rulebook = await scenes.rulebook(session, rule_pairs(events))
-            priced, unpriced = price_events(events, keys, rulebook)
+            pairs = by_pair(events)
+            rulebook = await scenes.rulebook(session, rule_pairs(pairs))
+            priced, unpriced = price_events(events, keys, rulebook, pairs)
             dead.extend(unpriced)
             granted = await apply_caps(session, priced)
             if priced.events:

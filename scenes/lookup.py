@@ -381,6 +381,21 @@ class ReductionRule:
             grams = min(grams, self.cap_grams_per_event)
         return grams
 
+    def grams_for_all(self, quantities_milli: list[int]) -> list[int]:
+        """:meth:`grams_for` of each quantity (the same arithmetic, a batch at a time)."""
+        if quantities_milli and min(quantities_milli) < 0:
+            raise ValueError("quantity must not be negative")
+        q = quantities_milli
+        most = self.max_quantity_per_event
+        if most is not None:
+            q = [x if x < most else most for x in q]
+        factor, scale = self.grams_per_unit_milli, MILLI * MILLI
+        grams = [x * factor // scale for x in q]
+        cap = self.cap_grams_per_event
+        if cap is not None:
+            grams = [g if g < cap else cap for g in grams]
+        return grams
+
 
 @dataclass(frozen=True, slots=True)
 class ConversionRule:

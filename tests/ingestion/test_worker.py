@@ -132,3 +132,53 @@ async def test_missing_rule_goes_to_dead_letters_and_replays_once_fixed(
     async with runtime.db.session() as s:
         left = await deadletters.list_dead_letters(s, include_replayed=True)
     assert [d.replayed_at is not None for d in left if d.id == mine[0].id] == [True]
+
+
+async def test_art31_one_batch_across_a_rule_change_prices_each_event_by_its_version(
+    runtime: Runtime,
+) -> None:
+    """Art. 31: in one worker batch, events on either side of a reduction rule's change are
+    priced by the version in force at their own occurred_at (and the entry names it), while
+    another behaviour's events in the same batch take their one version."""
+    from scenes import rules
+    from scenes import service as scenes
+    from scenes.schemas import BehaviourIn, ReductionRuleDraft
+
+    change = clock.now() - dt.timedelta(hours=2)
+    p = await make_partner(runtime, citizens=2, grams_per_unit="100", rule_from=change)
+    async with runtime.db.transaction() as s:
+        earlier = await rules.draft_reduction_rule(s, p.scene_id, ReductionRuleDraft(
+            behaviour=p.behaviour, unit=p.unit, grams_per_unit=Decimal("40"),
+            valid_from=dt.datetime(2020, 1, 1, tzinfo=dt.UTC), valid_to=change), actor=ACTOR)
+        await rules.publish_reduction_rule(s, earlier.id, actor=ACTOR)
+        await scenes.add_behaviour(s, p.scene_id, BehaviourIn(
+            code="walk_steps", name_zh="步行", name_en="Walking"), actor=ACTOR)
+        walk = await rules.draft_reduction_rule(s, p.scene_id, ReductionRuleDraft(
+            behaviour="walk_steps", unit="step", grams_per_unit=Decimal("0.05"),
+            valid_from=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)), actor=ACTOR)
+        await rules.publish_reduction_rule(s, walk.id, actor=ACTOR)
+    a, b = list(p.citizens)
+    hour = dt.timedelta(hours=1)
+    before = [bus_event(p, a, quantity_milli=1_000, at=change - hour),
+              bus_event(p, b, quantity_milli=1_000, at=change - 10 * hour)]
+    after = [bus_event(p, a, quantity_milli=1_000, at=change + hour),
+             bus_event(p, b, quantity_milli=1_000, at=change + dt.timedelta(minutes=1))]
+    steps = [bus_event(p, r, behaviour="walk_steps", quantity_milli=2_000_000, at=change + hour)
+             for r in (a, b)]
+    from ingestion.schemas import ENVELOPE_VERSION, Envelope, bus_encoder
+
+    mixed = [after[0], steps[0], before[0], after[1], steps[1], before[1]]
+    outcome = await credit_messages(runtime, [Message(
+        service.bucket_key(p.citizens[a]), bus_encoder.encode(Envelope(ENVELOPE_VERSION, mixed)))])
+    assert (outcome.credited, outcome.dead) == (6, [])
+    async with runtime.db.session() as s:
+        rows = {e: (g, v) for e, g, v in (await s.execute(text(
+            "SELECT event_id, grams, reduction_rule_version_id FROM points_entries"
+            " WHERE scene_id = :s"), {"s": p.scene_id})).all()}
+    assert {rows[ev.event_id] for ev in before} == {(40, earlier.id)}
+    (later,) = {rows[ev.event_id] for ev in after}
+    assert later[0] == 100 and later[1] not in {earlier.id, walk.id}
+    assert {rows[ev.event_id] for ev in steps} == {(100, walk.id)}  # 2,000 steps × 0.05 g
+    # a: 40 + 100 + 100 g, b: the same → 24 points each at 10 g a point
+    assert await balance(runtime, p.citizens[a]) == 24
+    assert await balance(runtime, p.citizens[b]) == 24

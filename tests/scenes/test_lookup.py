@@ -10,6 +10,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event
 
 from app.runtime import Runtime
@@ -71,6 +73,24 @@ def test_art31_grams_for_is_integer_fixed_point() -> None:
     assert huge.grams_for(10**12) == 10**15  # no overflow, no float
     with pytest.raises(ValueError):
         r.grams_for(-1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    quantities=st.lists(st.integers(0, 10**13), max_size=50),
+    factor=st.integers(1, 10**9),
+    most=st.none() | st.integers(1, 10**9),
+    cap=st.none() | st.integers(0, 10**9),
+)
+def test_art31_grams_for_all_is_grams_for_of_each(
+    quantities: list[int], factor: int, most: int | None, cap: int | None,
+) -> None:
+    """Art. 31: the worker's column-at-a-time pricing gives each event exactly
+    ``grams_for``."""
+    r = rule(grams_per_unit_milli=factor, max_quantity_per_event=most, cap_grams_per_event=cap)
+    assert r.grams_for_all(quantities) == [r.grams_for(q) for q in quantities]
+    with pytest.raises(ValueError):
+        r.grams_for_all([*quantities, -1])
 
 
 def test_rulebook_answers_as_of_a_time() -> None:
