@@ -49,7 +49,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -181,14 +181,24 @@ class CheckedBatch:
 
 
 def quantity_milli(quantity: Decimal) -> int | None:
-    """The quantity in integer milli-units, or None when it has more than 3 decimals."""
-    try:
-        scaled = quantity.scaleb(3)
-        if not scaled.is_finite() or scaled != scaled.to_integral_value():
-            return None
-        return int(scaled)
-    except (InvalidOperation, OverflowError, ValueError):
+    """The quantity in integer milli-units, or None when it has more than 3 decimals (or is
+    not a number).
+
+    Decided by the magnitude first, so a quantity such as ``1E+99999`` (a short JSON string)
+    costs no more than ``1``: from 10^10 units on it is beyond ``MAX_QUANTITY_MILLI`` whatever
+    its digits, and its digits are never expanded.
+    """
+    if not quantity.is_finite():
         return None
+    if not quantity:
+        return 0
+    size = quantity.adjusted()  # the exponent of its leading digit
+    if size >= 10:
+        return MAX_QUANTITY_MILLI + 1 if quantity > 0 else -1
+    if size < -3:
+        return None  # 0 < |quantity| < 0.001
+    num, den = quantity.as_integer_ratio()
+    return None if 1000 % den else num * (1000 // den)
 
 
 # The API checks units and quantities against the rules; the worker re-reads the rules for

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
+from fractions import Fraction
 
 import httpx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app import clock
 from app.runtime import Runtime
+from ingestion import service
 from tests.ingestion.conftest import balance, credited, drain, make_partner
 
 
@@ -55,20 +60,26 @@ async def test_each_rejection_has_its_code_and_only_accepted_events_are_publishe
         (partner.event(ref, quantity="-1"), "rejected", "quantity.out_of_range"),
         (partner.event(ref, quantity="1000.001"), "rejected", "quantity.out_of_range"),
         (partner.event(ref, quantity="1.2345"), "rejected", "quantity.too_precise"),
+        # Huge or tiny exponents are judged by magnitude, never expanded into digits.
+        (partner.event(ref, quantity="1E+9999999"), "rejected", "quantity.out_of_range"),
+        (partner.event(ref, quantity="-1E+9999999"), "rejected", "quantity.out_of_range"),
+        (partner.event(ref, quantity="1E-9999999"), "rejected", "quantity.too_precise"),
+        (partner.event(ref, quantity="NaN"), "rejected", "quantity.too_precise"),
+        (partner.event(ref, quantity="2.5000"), "accepted", None),
         (partner.event(ref, quantity=3), "accepted", None),
     ]
     before = await published_count(runtime)
     r = await partner.post(client, [c[0] for c in cases])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 0, 10)
+    assert (body["accepted"], body["duplicates"], body["rejected"]) == (3, 0, 14)
     for (event, status, code), result in zip(cases, body["results"], strict=True):
         assert result["event_id"] == event["event_id"]
         assert (result["status"], result.get("code")) == (status, code), result
-    assert await published_count(runtime) == before + 1  # both accepted events: one bucket
+    assert await published_count(runtime) == before + 1  # the accepted events: one bucket
     await drain(runtime)
-    assert set(await credited(runtime, partner.scene_id)) == {cases[0][0]["event_id"],
-                                                               cases[-1][0]["event_id"]}
+    assert set(await credited(runtime, partner.scene_id)) == {
+        event["event_id"] for event, status, _ in cases if status == "accepted"}
 
 
 async def test_art34_revoked_consent_refuses_later_events_at_once(
@@ -153,3 +164,21 @@ async def test_single_event_endpoint(runtime: Runtime, client: httpx.AsyncClient
     assert r.status_code == 422
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["code"] == "link.not_linked"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.decimals(allow_nan=True, allow_infinity=True, places=None)
+       | st.decimals(min_value=-10**12, max_value=10**12, places=4))
+def test_quantity_milli_is_exact(quantity: Decimal) -> None:
+    """Quantities are whole milli-units or refused as too precise; never rounded."""
+    milli = service.quantity_milli(quantity)
+    if not quantity.is_finite():
+        assert milli is None
+        return
+    exact = Fraction(quantity) * 1000
+    if abs(exact) >= 10**13:  # out of range whatever its digits
+        assert milli is not None and (milli > service.MAX_QUANTITY_MILLI or milli <= 0)
+    elif exact.denominator != 1:
+        assert milli is None
+    else:
+        assert milli == exact
