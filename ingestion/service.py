@@ -436,14 +436,19 @@ async def publish_batch(
         keys=[tok, *keys], args=[mine, checked.dedupe_ttl_s, limits.pending_ttl_s, tokens])
     if isinstance(flags, bytes):
         flags = flags.decode()
-    for ev, pos, key, flag in zip(candidates, checked.positions, keys, flags, strict=True):
-        if flag == "1":
-            fresh.append(ev)
-            fresh_keys.append(key)
-        elif flag == "0":
-            results[pos] = EventResult(ev.event_id, "duplicate")
-        else:
-            results[pos] = _in_flight(ev.event_id)
+    if len(flags) != len(keys):
+        raise RuntimeError(f"the claim answered {len(flags)} flags for {len(keys)} marks")
+    if flags.count("1") == len(keys):  # the usual case: every candidate is new
+        fresh, fresh_keys = candidates, keys
+    else:
+        for ev, pos, key, flag in zip(candidates, checked.positions, keys, flags, strict=True):
+            if flag == "1":
+                fresh.append(ev)
+                fresh_keys.append(key)
+            elif flag == "0":
+                results[pos] = EventResult(ev.event_id, "duplicate")
+            else:
+                results[pos] = _in_flight(ev.event_id)
     if fresh:
         try:
             await publish_events(runtime, fresh, timeout_s=limits.publish_timeout_s)
