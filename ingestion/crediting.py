@@ -270,8 +270,12 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     group: list[int] = []  # per capped event, in ``capped`` order
     day_key: list[int] = []  # per group: position of its day key, or -1
     year_key: list[int] = []
-    columns: tuple[list[Any], ...] = ([], [], [], [], [])  # citizen, scene, behaviour, kind, period
-    citizens, scenes, behaviours, kinds, periods = columns
+    # The usage keys, as the columns of the lookup: citizen, scene, behaviour, kind, period.
+    citizens: list[bytes] = []
+    scenes: list[bytes] = []
+    behaviours: list[str] = []
+    kinds: list[str] = []
+    periods: list[dt.date] = []
     years: dict[dt.date, dt.date] = {}
     year_of: dict[tuple[bytes, bytes, str, dt.date], int] = {}
     add_group = group.append
@@ -313,7 +317,7 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     texts = {raw: uuid_text(raw) for raw in set(citizens) | set(scenes)}
     citizen_text = [texts[c] for c in citizens]
     scene_text = [texts[c] for c in scenes]
-    used = [0] * (len(kinds) + 1)  # by key position; the database counts from 1
+    used = [0] * len(kinds)  # by key position (the database counts from 1)
     for ord_, grams in await conn.fetch(
             _CAP_USAGE, citizen_text, scene_text, behaviours, kinds, periods):
         used[ord_ - 1] = grams
