@@ -99,7 +99,7 @@ async def _prefill(conn: Any, entries: int) -> None:
         " (SELECT array_agg(id) AS ids FROM points_accounts) AS a",
         entries, at, uuid.uuid4(), rule)
     await conn.execute(
-        "INSERT INTO points_lots (account_id, entry_id, points, remaining, credited_at,"
+        "INSERT INTO points_lots (account_id, id, points, remaining, credited_at,"
         " expires_at) SELECT account_id, id, 1, 1, $1, $2 FROM points_entries"
         " WHERE created_at = $1", at, at + timedelta(days=5 * 365))
     await conn.execute(
@@ -165,7 +165,7 @@ async def _bench_expiry(conn: Any, sessions: Any, lots: int, accounts: int) -> d
         "INSERT INTO points_accounts (id, citizen_id, available)"
         " SELECT gen_random_uuid(), gen_random_uuid(), 0 FROM generate_series(1, $1)", accounts)
     await conn.execute(
-        "INSERT INTO points_lots (account_id, entry_id, points, remaining, credited_at,"
+        "INSERT INTO points_lots (account_id, id, points, remaining, credited_at,"
         " expires_at)"
         " SELECT a.ids[1 + g % array_length(a.ids, 1)], g, 1 + g % 7, 1 + g % 7, $2, $3"
         " FROM generate_series(1, $1) AS g,"

@@ -108,7 +108,7 @@ _LOT = struct.Struct("!h i16s iq iq iq 24s")
 def lot_rows(accounts: Sequence[bytes], entry_ids: Sequence[int], points: Sequence[int],
              credited_at: datetime, expires_at: datetime) -> bytes:
     """The COPY data of the lots of credits with at least one point (row per credit ``j``
-    with ``points[j] > 0``)."""
+    with ``points[j] > 0``); a lot's id is its entry's id."""
     times = struct.pack("!iqiq", 8, timestamptz(credited_at), 8, timestamptz(expires_at))
     pack = _LOT.pack
     parts = [HEADER]

@@ -24,9 +24,11 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     Text,
     UniqueConstraint,
     text,
@@ -85,11 +87,12 @@ class Entry(Base):
             name="hold_entry_has_hold",
         ),
         UniqueConstraint("scene_id", "event_id", name="uq_points_entries_scene_event"),
-        Index("ix_points_entries_account_id", "account_id", "id"),
     )
 
+    # Keyed by account: the ledger is read per account, and each index is one more insert
+    # per credited event (migration 0013). ``id`` is unique and ascends per account.
+    account_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    account_id: Mapped[uuid.UUID]
     kind: Mapped[str] = mapped_column(Text)
     points: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(TS)
@@ -121,21 +124,21 @@ class Lot(Base):
             "expires_at > credited_at AND expires_at <= credited_at + interval '5 years'",
             name="valid_at_most_5_years",
         ),
-        Index(
-            "ix_points_lots_account", "account_id", "expires_at", "id",
-            postgresql_include=["remaining"],
-        ),
+        # The key is the order an account's lots are spent in (first-expiring-first);
+        # ``remaining`` is included so the live ones are found in the index.
+        PrimaryKeyConstraint("account_id", "expires_at", "id", name="pk_points_lots",
+                             postgresql_include=["remaining"]),
         Index("ix_points_lots_due", "expires_at", postgresql_where=text("remaining > 0")),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     account_id: Mapped[uuid.UUID]
-    entry_id: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(TS)
+    # The id of the credit entry whose points the lot holds.
+    id: Mapped[int] = mapped_column(BigInteger)
     points: Mapped[int] = mapped_column(BigInteger)
     remaining: Mapped[int] = mapped_column(BigInteger)
     expired: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     credited_at: Mapped[datetime] = mapped_column(TS)
-    expires_at: Mapped[datetime] = mapped_column(TS)
     expired_at: Mapped[datetime | None] = mapped_column(TS)
 
 
@@ -162,15 +165,23 @@ class Hold(Base):
 
 
 class HoldAllocation(Base):
-    """How many points a hold took from one lot (first-expiring-first)."""
+    """How many points a hold took from one lot (first-expiring-first). The lot is named by
+    its whole key, so a release finds it by one primary-key probe."""
 
     __tablename__ = "points_hold_allocations"
-    __table_args__ = (CheckConstraint("points > 0", name="points_positive"),)
+    __table_args__ = (
+        CheckConstraint("points > 0", name="points_positive"),
+        ForeignKeyConstraint(
+            ["account_id", "lot_expires_at", "lot_id"],
+            ["points_lots.account_id", "points_lots.expires_at", "points_lots.id"],
+            name="fk_points_hold_allocations_lot_points_lots",
+        ),
+    )
 
     hold_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("points_holds.id"), primary_key=True
     )
-    lot_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("points_lots.id"), primary_key=True
-    )
+    lot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[uuid.UUID]
+    lot_expires_at: Mapped[datetime] = mapped_column(TS)
     points: Mapped[int] = mapped_column(BigInteger)

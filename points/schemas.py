@@ -33,7 +33,7 @@ class LotOut(BaseModel):
     expired: int
     credited_at: datetime
     expires_at: datetime
-    entry_id: int
+    entry_id: int  # the credit's ledger entry; equal to ``id``
 
 
 class LotList(BaseModel):

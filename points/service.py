@@ -120,7 +120,8 @@ class BalanceView:
 
 @dataclass(frozen=True, slots=True)
 class LotView:
-    """A lot (积分批次): the points of one credit and how long they are valid."""
+    """A lot (积分批次): the points of one credit and how long they are valid. Its id is
+    the credit's entry id (``entry_id``, kept for the API's clients)."""
 
     id: int
     points: int
@@ -579,7 +580,7 @@ async def list_lots(
         )
     return [
         LotView(r["id"], r["points"], r["remaining"], r["expired"], r["credited_at"],
-                r["expires_at"], r["entry_id"])
+                r["expires_at"], r["id"])
         for r in rows
     ]
 
@@ -646,7 +647,7 @@ async def export_ledger(session: AsyncSession, citizen_id: UUID) -> dict[str, An
         " FROM points_holds WHERE account_id = $1 ORDER BY created_at, id", aid,
     )
     allocations = await driver.fetch(
-        "SELECT x.hold_id, x.lot_id, x.points FROM points_hold_allocations x"
+        "SELECT x.hold_id, x.lot_id, x.lot_expires_at, x.points FROM points_hold_allocations x"
         " JOIN points_holds h ON h.id = x.hold_id WHERE h.account_id = $1"
         " ORDER BY x.hold_id, x.lot_id", aid,
     )

@@ -43,7 +43,7 @@ CROSS JOIN LATERAL (
 """
 
 # The credit batch is written with binary COPY (see ``points.service._write_credits``): entry
-# ids are taken from the identity's sequence first, so each lot names its entry.
+# ids are taken from the identity's sequence first: a lot's id is its entry's id.
 ENTRY_IDS = """
 SELECT array_agg(nextval('points_entries_id_seq')) FROM generate_series(1, $1::int4)
 """
@@ -54,7 +54,7 @@ CREDIT_COLUMNS = [
     "conversion_rule_version_id",
 ]
 
-LOT_COLUMNS = ["account_id", "entry_id", "points", "remaining", "credited_at", "expires_at"]
+LOT_COLUMNS = ["account_id", "id", "points", "remaining", "credited_at", "expires_at"]
 
 # Each credited account's new balance and gram carry (the accounts are locked already).
 ADD_CREDITS = """
@@ -73,7 +73,7 @@ ACCOUNT_BY_ID_FOR_UPDATE = "SELECT id FROM points_accounts WHERE id = $1 FOR UPD
 # $1 account, $2 now, $3 points, $4 hold id, $5 reference, $6 hold expires_at.
 PLACE_HOLD = """
 WITH c AS (
-    SELECT id, remaining,
+    SELECT expires_at, id, remaining,
            (sum(remaining) OVER (ORDER BY expires_at, id
                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))::int8 AS cum
     FROM points_lots
@@ -81,7 +81,7 @@ WITH c AS (
 ), enough AS (
     SELECT coalesce(max(cum), 0) AS live, coalesce(max(cum), 0) >= $3::int8 AS ok FROM c
 ), take AS (
-    SELECT c.id, least(c.remaining, $3::int8 - (c.cum - c.remaining)) AS pts
+    SELECT c.expires_at, c.id, least(c.remaining, $3::int8 - (c.cum - c.remaining)) AS pts
     FROM c, enough WHERE enough.ok AND c.cum - c.remaining < $3
 ), h AS (
     INSERT INTO points_holds (id, account_id, points, status, reference, created_at, expires_at)
@@ -89,11 +89,11 @@ WITH c AS (
     RETURNING id
 ), upd AS (
     UPDATE points_lots l SET remaining = l.remaining - take.pts
-    FROM take WHERE l.id = take.id
-    RETURNING l.id, take.pts
+    FROM take WHERE l.account_id = $1 AND l.expires_at = take.expires_at AND l.id = take.id
+    RETURNING l.expires_at, l.id, take.pts
 ), alloc AS (
-    INSERT INTO points_hold_allocations (hold_id, lot_id, points)
-    SELECT h.id, upd.id, upd.pts FROM upd, h
+    INSERT INTO points_hold_allocations (hold_id, account_id, lot_expires_at, lot_id, points)
+    SELECT h.id, $1, upd.expires_at, upd.id, upd.pts FROM upd, h
 ), ent AS (
     INSERT INTO points_entries (account_id, kind, points, created_at, hold_id, reference)
     SELECT $1, 'hold', $3, $2, $4, $5 FROM enough WHERE ok
@@ -120,20 +120,20 @@ WITH h AS (
     WHERE status = 'active' AND {which}
     RETURNING id, account_id, points, reference
 ), al AS (
-    SELECT a.hold_id, h.account_id, a.lot_id, a.points, l.expires_at <= $1 AS lapsed
+    SELECT a.hold_id, a.account_id, a.lot_expires_at, a.lot_id, a.points,
+           a.lot_expires_at <= $1 AS lapsed
     FROM points_hold_allocations a
     JOIN h ON h.id = a.hold_id
-    JOIN points_lots l ON l.id = a.lot_id
 ), lot_upd AS (
     UPDATE points_lots l
     SET remaining = l.remaining + x.back,
         expired = l.expired + x.gone,
         expired_at = CASE WHEN x.gone > 0 THEN coalesce(l.expired_at, $1) ELSE l.expired_at END
-    FROM (SELECT lot_id,
+    FROM (SELECT account_id, lot_expires_at, lot_id,
                  coalesce((sum(points) FILTER (WHERE NOT lapsed))::int8, 0) AS back,
                  coalesce((sum(points) FILTER (WHERE lapsed))::int8, 0) AS gone
-          FROM al GROUP BY lot_id) x
-    WHERE l.id = x.lot_id
+          FROM al GROUP BY account_id, lot_expires_at, lot_id) x
+    WHERE l.account_id = x.account_id AND l.expires_at = x.lot_expires_at AND l.id = x.lot_id
 ), per_hold AS (
     SELECT h.id AS hold_id, h.account_id, h.points, h.reference,
            coalesce((sum(al.points) FILTER (WHERE NOT al.lapsed))::int8, 0) AS back,

@@ -43,7 +43,7 @@ async def test_entry_and_lot_rows_read_back_exactly(db: Database) -> None:
                                     [a.bytes for a in accounts], ids, points, created,
                                     expires)))
         rows = await raw.fetch("SELECT * FROM e ORDER BY id")
-        lots = await raw.fetch("SELECT * FROM l ORDER BY entry_id")
+        lots = await raw.fetch("SELECT * FROM l ORDER BY id")
     assert [(r["id"], r["account_id"], r["kind"], r["points"], r["created_at"], r["scene_id"],
              r["event_id"], r["behaviour"], r["occurred_at"], r["grams"], r["grams_per_point"],
              str(r["reduction_rule_version_id"]), r["conversion_rule_version_id"].hex)
@@ -51,6 +51,6 @@ async def test_entry_and_lot_rows_read_back_exactly(db: Database) -> None:
         (ids[j], accounts[j], "credit", points[j], created, scene, events[k], behaviours[k],
          TIMES[k], [1, 22, 333, 0][k], [100, 7, 1, 2][k], rrv, crv)
         for j, k in enumerate(order)]
-    assert [(r["account_id"], r["entry_id"], r["points"], r["remaining"], r["credited_at"],
+    assert [(r["account_id"], r["id"], r["points"], r["remaining"], r["credited_at"],
              r["expires_at"]) for r in lots] == [
         (accounts[j], ids[j], p, p, created, expires) for j, p in enumerate(points) if p > 0]

@@ -117,8 +117,8 @@ async def test_art34_lot_expires_at_most_5_years_after_credit(db: Database) -> N
     with pytest.raises(DBAPIError) as info:
         async with db.transaction() as s:
             await s.execute(text(
-                "INSERT INTO points_lots (account_id, entry_id, points, remaining, credited_at,"
-                " expires_at) SELECT account_id, entry_id, 1, 1, CAST(:t AS timestamptz),"
+                "INSERT INTO points_lots (account_id, id, points, remaining, credited_at,"
+                " expires_at) SELECT account_id, id + 1000000, 1, 1, CAST(:t AS timestamptz),"
                 " CAST(:t AS timestamptz) + interval '6 years'"
                 " FROM points_lots WHERE id = :id"), {"t": T0, "id": lot.id})
     assert "valid_at_most_5_years" in str(info.value)
