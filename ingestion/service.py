@@ -6,20 +6,25 @@ The hot path in two steps, so that no database connection is held while the bus 
    scene with its links version, the links and consents coming from the process's link cache
    of :func:`scenes.service.links_for_ingest`, the rules cached for a second) gives each event
    its outcome: rejected with a code, or a candidate (a :class:`RawBusEvent`);
-2. :func:`publish_batch` claims every ``(scene, event_id)`` with one Redis round trip (a Lua
+2. :func:`publish_batch` claims every event's dedupe mark with one Redis round trip (a Lua
    script over the batch), publishes the claimed events to the bus keyed by their citizen's
    bucket, and returns only after the bus acknowledged durably.
 
 Issue 6, "nothing is acknowledged that was not stored": every request draws a *token*
 (``p:`` + 96 random bits) and the dedupe state lives in the token, not in the marks.
 
-- the claim (one Lua script, one round trip per batch) sets each event's mark
-  ``ingest:seen:{<scene>}:<event_id>`` to the token, ``NX``, with the long TTL (claim window
-  + margin), and the request's token key ``ingest:tok:{<scene>}:<token>`` to ``p``
-  (*pending*, 处理中) with the short TTL (``TANHUI_INGEST_PENDING_TTL_S``, longer than the
-  publish timeout);
+- the claim (one Lua script, one round trip per batch) sets each event's mark to the token,
+  ``HSETNX``: the mark is the field ``<event_id>`` of the scene's bucket for the UTC day of
+  its ``occurred_at``, the hash ``ingest:seen:{<scene>}:<yyyymmdd>``; it sets the request's
+  token key ``ingest:tok:{<scene>}:<token>`` to ``p`` (*pending*, 处理中) with the short TTL
+  (``TANHUI_INGEST_PENDING_TTL_S``, longer than the publish timeout). Each bucket it touches
+  expires (``EXPIREAT``) at the end of its day + the long TTL (claim window + margin + future
+  skew): events older than the claim window are rejected before the dedupe, so no event of
+  that day is claimed after. A hash field costs Redis about half the CPU and memory of a
+  string key with its own expiry;
 - after the bus's durable ack ONE command turns the whole request *stored* (已存储): its
-  token key becomes ``s`` with the long TTL; the marks are not touched again.
+  token key becomes ``s`` until the latest expiry of the request's buckets; the marks are not
+  touched again.
 
 A mark that is already set is judged by its token's key: the request's own token (the same
 event twice in one batch) or a stored token answers ``duplicate``; a pending one answers the
@@ -29,14 +34,13 @@ either stores it — then the retry is ``duplicate`` — or fails and frees it),
 without storing it, so the mark is free and this request takes it over. If the bus fails,
 the request deletes its token key and the marks that still hold its token (one script) and
 raises :class:`~ingestion.errors.BusDown` (503); if the process dies, its token key expires
-after the short TTL and all its marks are free at once. The token key shares the marks' hash
-tag, so one script touches a single Redis Cluster slot.
+after the short TTL and all its marks are free at once. The token key shares the buckets'
+hash tag, so one script touches a single Redis Cluster slot.
 
-A mark ``s`` (the former scheme's stored mark, alive for a claim window after an upgrade)
-still answers ``duplicate``. Tokens start with ``p:`` so that an API process of the former
-scheme, during a rolling upgrade, reads a new mark as another request's pending one
-(retryable ``event.in_flight``), never as ``duplicate``; a new process takes a former
-pending mark over (at worst both publish the event; the ledger's unique key credits once).
+A mark is found by its ``occurred_at`` day: an event sent again with the same ``event_id``
+but an ``occurred_at`` on another UTC day falls in another bucket, so Redis does not catch it
+and the ledger's unique key ``(scene_id, event_id)`` does: it is credited once, the API
+answers it ``accepted`` and the worker counts it as a duplicate.
 
 Art. 34: only behaviour data the citizen authorised is taken — an event counts only when its
 citizen's consent covered ``occurred_at``.
@@ -84,7 +88,7 @@ from scenes import service as scenes
 log = structlog.get_logger()
 
 MAX_QUANTITY_MILLI = 10**12  # sanity bound whatever the rule says
-STORED = "s"  # a stored request's token key (and a stored mark of the former scheme)
+STORED = "s"  # a stored request's token key
 TOKEN_PREFIX = "p:"  # a request's token, the value of its marks (see the module docstring)
 
 
@@ -337,46 +341,68 @@ def _consented(link: Any, at: dt.datetime) -> bool:
 # ---------------------------------------------------------------- dedupe and publish
 
 # Claim the whole batch in one round trip. KEYS[1] is this request's token key, KEYS[2..] the
-# marks; ARGV: the token, the long TTL, the pending TTL, the prefix of the scene's token keys
-# (same hash tag as the marks: one Cluster slot). Answers per mark '1' (claimed or taken over:
-# publish it), '0' (duplicate: stored, or already this request's) or '2' (in flight). A token
-# key is read at most once per script. The token key is set only when a mark was claimed.
+# scene's day buckets (same hash tag as the token keys: one Cluster slot); ARGV: the token,
+# the pending TTL, the prefix of the scene's token keys, then per bucket its expire-at (unix
+# seconds) and its number of events, then the event ids grouped by bucket in that order.
+# Answers per event id sent '1' (claimed or taken over: publish it), '0' (duplicate: stored,
+# or already this request's) or '2' (in flight). A token key is read at most once per script.
+# The token key is set only when a mark was claimed.
 _CLAIM_LUA = """
-local mine, ttl, tokens = ARGV[1], ARGV[2], ARGV[4]
+local mine, tokens = ARGV[1], ARGV[3]
+local nb = #KEYS - 1
+local a = 4 + 2 * nb
 local state = {}
 local out = {}
 local claimed = false
-for i = 2, #KEYS do
-  local f = '1'
-  if not redis.call('SET', KEYS[i], mine, 'NX', 'EX', ttl) then
-    local cur = redis.call('GET', KEYS[i])
-    if cur == mine or cur == 's' then
-      f = '0'
-    elseif cur then
-      f = state[cur]
-      if not f then
-        local t = redis.call('GET', tokens .. cur)
-        if t == 's' then f = '0' elseif t then f = '2' else f = '1' end
-        state[cur] = f
+for b = 1, nb do
+  local bucket = KEYS[b + 1]
+  local last = a + tonumber(ARGV[3 + 2 * b]) - 1
+  for i = a, last do
+    local id = ARGV[i]
+    local f = '1'
+    if redis.call('HSETNX', bucket, id, mine) == 0 then
+      local cur = redis.call('HGET', bucket, id)
+      if cur == mine then
+        f = '0'
+      else
+        f = state[cur]
+        if not f then
+          local t = redis.call('GET', tokens .. cur)
+          if t == 's' then f = '0' elseif t then f = '2' else f = '1' end
+          state[cur] = f
+        end
+        if f == '1' then redis.call('HSET', bucket, id, mine) end
       end
     end
-    if f == '1' then redis.call('SET', KEYS[i], mine, 'EX', ttl) end
+    if f == '1' then claimed = true end
+    out[i - 3 - 2 * nb] = f
   end
-  if f == '1' then claimed = true end
-  out[i - 1] = f
+  redis.call('EXPIREAT', bucket, ARGV[2 + 2 * b])
+  a = last + 1
 end
-if claimed then redis.call('SET', KEYS[1], 'p', 'EX', ARGV[3]) end
+if claimed then redis.call('SET', KEYS[1], 'p', 'EX', ARGV[2]) end
 return table.concat(out)
 """
 
 # After a failed publish: the token key goes (every mark of the request is free at once) and
 # so do the marks that still hold the token, rather than outliving the claim window unused.
+# KEYS as for the claim; ARGV: the token, per bucket its number of events, the event ids
+# grouped by bucket (marks of other requests, holding another token, stay).
 _RELEASE_LUA = """
 local mine = ARGV[1]
 redis.call('DEL', KEYS[1])
+local nb = #KEYS - 1
+local a = 2 + nb
 local n = 0
-for i = 2, #KEYS do
-  if redis.call('GET', KEYS[i]) == mine then redis.call('DEL', KEYS[i]); n = n + 1 end
+for b = 1, nb do
+  local bucket = KEYS[b + 1]
+  local last = a + tonumber(ARGV[1 + b]) - 1
+  for i = a, last do
+    if redis.call('HGET', bucket, ARGV[i]) == mine then
+      redis.call('HDEL', bucket, ARGV[i]); n = n + 1
+    end
+  end
+  a = last + 1
 end
 return n
 """
@@ -393,18 +419,88 @@ def _script(redis: Redis, source: str) -> Any:
     return script
 
 
-def dedupe_key(runtime: Runtime, scene_id: UUID | str, event_id: str) -> str:
-    # The hash tag keeps a scene's marks in one Redis Cluster slot (the scripts need that).
-    return runtime.key("ingest", "seen", "{" + str(scene_id) + "}", event_id)
+_EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
+_DAY_S = 86400
 
 
-def _dedupe_prefix(runtime: Runtime, scene_id: UUID) -> str:
-    return dedupe_key(runtime, scene_id, "")
+def _utc_day(at: dt.datetime) -> int:
+    """The proleptic ordinal of ``at``'s UTC date (partners may send any offset)."""
+    if at.tzinfo is not dt.UTC:
+        at = at.astimezone(dt.UTC)
+    return at.toordinal()
+
+
+def _seen_key(runtime: Runtime, scene_id: UUID | str, day: int) -> str:
+    # The hash tag keeps a scene's buckets and token keys in one Redis Cluster slot (the
+    # scripts need that).
+    return runtime.key("ingest", "seen", "{" + str(scene_id) + "}",
+                       dt.date.fromordinal(day).strftime("%Y%m%d"))
+
+
+def dedupe_mark(runtime: Runtime, scene_id: UUID | str, event_id: str,
+                occurred_at: dt.datetime) -> tuple[str, str]:
+    """Where an event's mark lives: its scene's bucket for the UTC day of ``occurred_at`` (a
+    hash) and its field there, the ``event_id``."""
+    return _seen_key(runtime, scene_id, _utc_day(occurred_at)), event_id
 
 
 def token_key(runtime: Runtime, scene_id: UUID | str, token: str) -> str:
     """A request's token key: ``p`` while it publishes, ``s`` once stored (the marks' hash tag)."""
     return runtime.key("ingest", "tok", "{" + str(scene_id) + "}", token)
+
+
+@dataclass(slots=True)
+class _Marks:
+    """A batch's marks as the scripts take them: the buckets it touches, each with its expire-at
+    and number of events, and the event ids grouped by bucket. ``order`` is the candidate index
+    of each id sent, None when that is the candidates' order (one bucket, the usual case)."""
+
+    buckets: list[str]
+    expire_at: list[int]
+    counts: list[int]
+    ids: list[str]
+    order: list[int] | None = None
+
+
+def _marks(
+    runtime: Runtime, scene_id: UUID, candidates: Sequence[RawBusEvent], ttl_s: int
+) -> _Marks:
+    """Group the candidates by the UTC day of their ``occurred_at``; a bucket lives until the
+    end of its day + ``ttl_s`` (no event of that day is claimed later: see the docstring)."""
+    ats = [ev.occurred_at for ev in candidates]
+    first = _utc_day(min(ats))
+    if first == _utc_day(max(ats)):
+        return _Marks([_seen_key(runtime, scene_id, first)],
+                      [(first + 1 - _EPOCH_DAY) * _DAY_S + ttl_s], [len(candidates)],
+                      [ev.event_id for ev in candidates])
+    groups: dict[int, list[int]] = {}
+    for i, at in enumerate(ats):
+        day = _utc_day(at)
+        group = groups.get(day)
+        if group is None:
+            groups[day] = [i]
+        else:
+            group.append(i)
+    order = [i for group in groups.values() for i in group]
+    return _Marks(
+        [_seen_key(runtime, scene_id, day) for day in groups],
+        [(day + 1 - _EPOCH_DAY) * _DAY_S + ttl_s for day in groups],
+        [len(group) for group in groups.values()],
+        [candidates[i].event_id for i in order], order,
+    )
+
+
+async def _claim(
+    runtime: Runtime, tok: str, tokens: str, mine: str, marks: _Marks, pending_ttl_s: int
+) -> str:
+    """Run the claim script: one flag per id of ``marks.ids``, in that order."""
+    per_bucket: list[int] = []
+    for expire_at, count in zip(marks.expire_at, marks.counts, strict=True):
+        per_bucket += (expire_at, count)
+    flags = await _script(runtime.redis, _CLAIM_LUA)(
+        keys=[tok, *marks.buckets],
+        args=[mine, pending_ttl_s, tokens, *per_bucket, *marks.ids])
+    return flags.decode() if isinstance(flags, bytes) else str(flags)
 
 
 def _in_flight(event_id: str) -> EventResult:
@@ -425,26 +521,26 @@ async def publish_batch(
     candidates = checked.candidates
     if not candidates:
         return _summarise(results)
-    fresh: list[RawBusEvent] = []
-    fresh_keys: list[str] = []
     mine = TOKEN_PREFIX + secrets.token_urlsafe(12)
     tokens = token_key(runtime, checked.scene_id, "")
     tok = tokens + mine
-    prefix = _dedupe_prefix(runtime, checked.scene_id)
-    keys = [prefix + ev.event_id for ev in candidates]
-    flags = await _script(runtime.redis, _CLAIM_LUA)(
-        keys=[tok, *keys], args=[mine, checked.dedupe_ttl_s, limits.pending_ttl_s, tokens])
-    if isinstance(flags, bytes):
-        flags = flags.decode()
-    if len(flags) != len(keys):
-        raise RuntimeError(f"the claim answered {len(flags)} flags for {len(keys)} marks")
-    if flags.count("1") == len(keys):  # the usual case: every candidate is new
-        fresh, fresh_keys = candidates, keys
+    marks = _marks(runtime, checked.scene_id, candidates, checked.dedupe_ttl_s)
+    flags = await _claim(runtime, tok, tokens, mine, marks, limits.pending_ttl_s)
+    n = len(candidates)
+    if len(flags) != n:
+        raise RuntimeError(f"the claim answered {len(flags)} flags for {n} marks")
+    if flags.count("1") == n:  # the usual case: every candidate is new
+        fresh = candidates
     else:
-        for ev, pos, key, flag in zip(candidates, checked.positions, keys, flags, strict=True):
+        fresh = []
+        if marks.order is not None:  # back to the candidates' order
+            ordered = [""] * n
+            for i, flag in zip(marks.order, flags, strict=True):
+                ordered[i] = flag
+            flags = "".join(ordered)
+        for ev, pos, flag in zip(candidates, checked.positions, flags, strict=True):
             if flag == "1":
                 fresh.append(ev)
-                fresh_keys.append(key)
             elif flag == "0":
                 results[pos] = EventResult(ev.event_id, "duplicate")
             else:
@@ -454,7 +550,7 @@ async def publish_batch(
             await publish_events(runtime, fresh, timeout_s=limits.publish_timeout_s)
         except BaseException as exc:
             # Nothing was acknowledged: free this request's marks so a retry is taken.
-            await _release(runtime, tok, fresh_keys, mine)
+            await _release(runtime, tok, marks, mine, len(fresh))
             metrics.BATCHES.labels("bus_down").inc()
             if isinstance(exc, BusUnavailable | TimeoutError | OSError):
                 raise E.BusDown(
@@ -462,23 +558,26 @@ async def publish_batch(
                     headers={"Retry-After": "1"},
                 ) from exc
             raise
-        await _confirm(runtime, tok, len(fresh_keys), checked.dedupe_ttl_s)
+        await _confirm(runtime, tok, len(fresh), max(marks.expire_at))
     return _summarise(results)
 
 
-async def _confirm(runtime: Runtime, tok: str, count: int, ttl_s: int) -> None:
-    """The durable ack is in: the request's token, hence every mark holding it, is stored."""
+async def _confirm(runtime: Runtime, tok: str, count: int, expire_at: int) -> None:
+    """The durable ack is in: the request's token, hence every mark holding it, is stored (the
+    token key lives as long as the latest of its buckets)."""
     try:
-        await runtime.redis.set(tok, STORED, ex=ttl_s)
+        await runtime.redis.set(tok, STORED, exat=expire_at)
     except Exception:  # stored on the bus; the token key expires, the ledger dedupes a retry
         log.warning("dedupe_marks_not_confirmed", count=count)
 
 
-async def _release(runtime: Runtime, tok: str, keys: list[str], mine: str) -> None:
+async def _release(runtime: Runtime, tok: str, marks: _Marks, mine: str, count: int) -> None:
+    """Every id of the batch is sent; only the fields holding this request's token go."""
     try:
-        await _script(runtime.redis, _RELEASE_LUA)(keys=[tok, *keys], args=[mine])
+        await _script(runtime.redis, _RELEASE_LUA)(
+            keys=[tok, *marks.buckets], args=[mine, *marks.counts, *marks.ids])
     except Exception:  # Redis down too: the token key expires after its short TTL
-        log.warning("dedupe_marks_not_removed", count=len(keys))
+        log.warning("dedupe_marks_not_removed", count=count)
 
 
 _topics_ready: set[tuple[int, str]] = set()

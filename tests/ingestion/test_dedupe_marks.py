@@ -1,14 +1,16 @@
-"""The dedupe marks hold their request's token; the token's key says pending (``p``) or
-stored (``s``), and a missing token key frees every mark that holds it (ingestion/service.py,
-module docstring). Real Redis and real buses: a request whose token key vanished (an API
-process killed after its claim) has its events taken by the next request and credited once; a
-stored request's events answer ``duplicate`` for as long as its marks live; a failed publish
-frees its events at once; concurrent requests for the same events take each one once."""
+"""The dedupe marks (fields of a hash per scene and UTC day) hold their request's token; the
+token's key says pending (``p``) or stored (``s``), and a missing token key frees every mark
+that holds it (ingestion/service.py, module docstring). Real Redis and real buses: a request
+whose token key vanished (an API process killed after its claim) has its events taken by the
+next request and credited once; a stored request's events answer ``duplicate`` for as long
+as its marks live; a failed publish frees its events at once; concurrent requests for the
+same events take each one once."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,9 +21,11 @@ import httpx
 import orjson
 from asgi_lifespan import LifespanManager
 
+from app import clock
 from app.bus import BusUnavailable, Message
 from app.runtime import Runtime
 from ingestion import service
+from ingestion.schemas import RawBusEvent
 from tests.ingestion.conftest import ONE_PATH, credited, drain, make_partner
 
 LONG_TTL_S = 32 * 86400
@@ -65,24 +69,32 @@ def _statuses(r: httpx.Response) -> list[tuple[str, str | None]]:
     return [(e["status"], e.get("code")) for e in r.json()["results"]]
 
 
-async def _claim_and_die(rt: Runtime, scene_id: uuid.UUID, event_ids: list[str], *,
+def _mark(rt: Runtime, scene_id: uuid.UUID, event: dict[str, Any]) -> tuple[str, str]:
+    """An event's mark: its day's bucket and the field there."""
+    return service.dedupe_mark(rt, scene_id, event["event_id"],
+                               dt.datetime.fromisoformat(event["occurred_at"]))
+
+
+async def _claim_and_die(rt: Runtime, scene_id: uuid.UUID, events: list[dict[str, Any]], *,
                          pending_ttl_s: int = 30) -> str:
     """What an API process does before it publishes (the real claim script), after which it
     is killed: its marks hold its token, its token key says pending, nothing else follows."""
     token = service.TOKEN_PREFIX + secrets.token_urlsafe(12)
     tokens = service.token_key(rt, scene_id, "")
-    keys = [service.dedupe_key(rt, scene_id, e) for e in event_ids]
-    flags = await service._script(rt.redis, service._CLAIM_LUA)(
-        keys=[tokens + token, *keys], args=[token, LONG_TTL_S, pending_ttl_s, tokens])
-    assert _text(flags) == "1" * len(event_ids)
+    now = clock.now()
+    candidates = [RawBusEvent(scene_id.bytes, e["event_id"], bytes(16), e["behaviour"], 1,
+                              dt.datetime.fromisoformat(e["occurred_at"]), now) for e in events]
+    marks = service._marks(rt, scene_id, candidates, LONG_TTL_S)
+    flags = await service._claim(rt, tokens + token, tokens, token, marks, pending_ttl_s)
+    assert flags == "1" * len(events)
     assert _text(await rt.redis.get(tokens + token)) == "p"
     return token
 
 
-async def _holders(rt: Runtime, scene_id: uuid.UUID, event_ids: list[str]) -> list[str | None]:
+async def _holders(rt: Runtime, scene_id: uuid.UUID, events: list[dict[str, Any]]
+                   ) -> list[str | None]:
     """The token each event's mark holds."""
-    keys = [service.dedupe_key(rt, scene_id, e) for e in event_ids]
-    return [_text(v) for v in await rt.redis.mget(keys)]
+    return [_text(await rt.redis.hget(*_mark(rt, scene_id, e))) for e in events]
 
 
 async def _token_keys(rt: Runtime, scene_id: uuid.UUID) -> list[str]:
@@ -97,21 +109,21 @@ async def test_a_dead_requests_events_are_taken_over_once_its_token_key_is_gone(
     ref = next(iter(p.citizens))
     events = [p.event(ref) for _ in range(3)]
     ids = [e["event_id"] for e in events]
-    dead = await _claim_and_die(runtime, p.scene_id, ids)
+    dead = await _claim_and_die(runtime, p.scene_id, events)
     # while its token key says pending, the events are another request's: in flight
     assert _statuses(await p.post(client, events)) == [("rejected", "event.in_flight")] * 3
-    assert await _holders(runtime, p.scene_id, ids) == [dead] * 3
+    assert await _holders(runtime, p.scene_id, events) == [dead] * 3
 
     await runtime.redis.delete(service.token_key(runtime, p.scene_id, dead))
     taken = await p.post(client, events)
     assert _statuses(taken) == [("accepted", None)] * 3
-    holders = await _holders(runtime, p.scene_id, ids)
+    holders = await _holders(runtime, p.scene_id, events)
     assert len(set(holders)) == 1 and holders[0] != dead and holders[0] is not None
     assert _text(await runtime.redis.get(
         service.token_key(runtime, p.scene_id, holders[0]))) == "s"
-    # the marks the new request took over carry the long TTL again
-    for e in ids:
-        assert await runtime.redis.ttl(service.dedupe_key(runtime, p.scene_id, e)) > 30 * 86400
+    # the marks the new request took over live in a bucket with the long TTL
+    for e in events:
+        assert await runtime.redis.ttl(_mark(runtime, p.scene_id, e)[0]) > 30 * 86400
     assert _statuses(await p.post(client, events)) == [("duplicate", None)] * 3
     await drain(runtime)
     assert await credited(runtime, p.scene_id) == {e: 1 for e in ids}
@@ -127,11 +139,11 @@ async def test_a_dead_requests_events_free_when_its_pending_ttl_lapses_and_are_t
     refs = list(p.citizens)
     events = [p.event(refs[i % 2]) for i in range(10)]
     ids = [e["event_id"] for e in events]
-    dead = await _claim_and_die(runtime, p.scene_id, ids, pending_ttl_s=1)
+    dead = await _claim_and_die(runtime, p.scene_id, events, pending_ttl_s=1)
     assert _statuses(await p.post(client, events[:1])) == [("rejected", "event.in_flight")]
     await asyncio.sleep(1.3)
     assert await runtime.redis.exists(service.token_key(runtime, p.scene_id, dead)) == 0
-    assert await _holders(runtime, p.scene_id, ids) == [dead] * 10  # the marks outlive it
+    assert await _holders(runtime, p.scene_id, events) == [dead] * 10  # the marks outlive it
 
     async with _client(runtime) as other:
         answers = await asyncio.gather(
@@ -152,27 +164,24 @@ async def test_one_batch_judges_every_mark_by_its_token(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     """A dead token's marks are taken, a pending token's are in flight, a stored token's are
-    duplicates, a mark of the former scheme (``s``) is a duplicate, an event repeated inside
-    the batch is a duplicate of itself — all in the same script call."""
+    duplicates, an event repeated inside the batch is a duplicate of itself — all in the same
+    script call."""
     p = await make_partner(runtime, citizens=1)
     ref = next(iter(p.citizens))
     dead = [p.event(ref) for _ in range(2)]
     live = [p.event(ref) for _ in range(2)]
     stored = [p.event(ref) for _ in range(2)]
-    legacy = p.event(ref)
     fresh = p.event(ref)
     assert _statuses(await p.post(client, stored)) == [("accepted", None)] * 2
-    dead_token = await _claim_and_die(runtime, p.scene_id, [e["event_id"] for e in dead])
+    dead_token = await _claim_and_die(runtime, p.scene_id, dead)
     await runtime.redis.delete(service.token_key(runtime, p.scene_id, dead_token))
-    await _claim_and_die(runtime, p.scene_id, [e["event_id"] for e in live])
-    await runtime.redis.set(service.dedupe_key(runtime, p.scene_id, legacy["event_id"]), "s",
-                            ex=LONG_TTL_S)
+    await _claim_and_die(runtime, p.scene_id, live)
 
-    r = await p.post(client, [dead[0], live[0], stored[0], legacy, fresh, fresh,
+    r = await p.post(client, [dead[0], live[0], stored[0], fresh, fresh,
                               dead[1], live[1], stored[1]])
     assert _statuses(r) == [
         ("accepted", None), ("rejected", "event.in_flight"), ("duplicate", None),
-        ("duplicate", None), ("accepted", None), ("duplicate", None),
+        ("accepted", None), ("duplicate", None),
         ("accepted", None), ("rejected", "event.in_flight"), ("duplicate", None),
     ]
     await drain(runtime)
@@ -201,15 +210,15 @@ async def test_a_stored_request_answers_duplicate_as_long_as_its_marks_live(
 
     toks = await _token_keys(runtime, p.scene_id)
     assert len(toks) == 1
-    holders = await _holders(runtime, p.scene_id, ids)
+    holders = await _holders(runtime, p.scene_id, events)
     assert holders == [holders[0]] * 3
     assert service.token_key(runtime, p.scene_id, holders[0] or "") == _text(toks[0])
     assert _text(await runtime.redis.get(toks[0])) == "s"
     tok_ttl = await runtime.redis.ttl(toks[0])
     assert tok_ttl > 30 * 86400
-    for e in ids:
+    for e in events:
         assert 30 * 86400 < await runtime.redis.ttl(
-            service.dedupe_key(runtime, p.scene_id, e)) <= tok_ttl
+            _mark(runtime, p.scene_id, e)[0]) <= tok_ttl
     await drain(runtime)
     assert await credited(runtime, p.scene_id) == dict.fromkeys(ids, 1)
 
@@ -228,7 +237,7 @@ async def test_a_failed_publish_frees_its_events_at_once(
         r = await p.post(down, events)
     assert (r.status_code, r.json()["code"]) == (503, "bus.unavailable")
     assert await _token_keys(rt, p.scene_id) == []
-    assert await _holders(rt, p.scene_id, ids) == [None] * 3
+    assert await _holders(rt, p.scene_id, events) == [None] * 3
 
     assert _statuses(await p.post(bus_client, events)) == [("accepted", None)] * 3
     assert _statuses(await p.post(bus_client, events)) == [("duplicate", None)] * 3

@@ -27,8 +27,9 @@ from tests.ingestion.conftest import (
 
 
 async def _marks(runtime: Runtime, partner: Partner) -> int:
+    """The scene's dedupe marks: the fields of its day buckets."""
     pattern = runtime.key("ingest", "seen", "{" + str(partner.scene_id) + "}", "*")
-    return len([k async for k in runtime.redis.scan_iter(match=pattern)])
+    return sum([await runtime.redis.hlen(k) async for k in runtime.redis.scan_iter(match=pattern)])
 
 
 async def _refused(runtime: Runtime, partner: Partner, r: httpx.Response, status: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -135,16 +136,18 @@ async def test_stored_marks_carry_the_long_ttl(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
     """After the durable ack the request's token is ``stored`` with the claim window's TTL
-    (30 days + margin), not the short pending TTL, and so is the mark that holds it."""
-    from ingestion.service import dedupe_key, token_key
+    (30 days + margin), not the short pending TTL, and so is the bucket of the mark that
+    holds it."""
+    from ingestion.service import dedupe_mark, token_key
 
     p = await make_partner(runtime, citizens=1)
     ev = p.event(next(iter(p.citizens)))
     assert _statuses(await p.post(client, [ev])) == [("accepted", None)]
-    key = dedupe_key(runtime, p.scene_id, ev["event_id"])
-    token = await runtime.redis.get(key)
+    bucket, field = dedupe_mark(runtime, p.scene_id, ev["event_id"],
+                                dt.datetime.fromisoformat(ev["occurred_at"]))
+    token = await runtime.redis.hget(bucket, field)
     assert token is not None
     tok = token_key(runtime, p.scene_id, token.decode() if isinstance(token, bytes) else token)
     assert await runtime.redis.get(tok) in (b"s", "s")
     assert await runtime.redis.ttl(tok) > 30 * 86400
-    assert await runtime.redis.ttl(key) > 30 * 86400
+    assert await runtime.redis.ttl(bucket) > 30 * 86400
