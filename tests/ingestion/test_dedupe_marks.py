@@ -262,3 +262,116 @@ async def test_a_failed_publish_keeps_the_stored_events_of_its_batch(
     assert _statuses(r) == [("duplicate", None)] * 2 + [("accepted", None)] * 2
     await drain(runtime)
     assert await credited(runtime, p.scene_id) == {e["event_id"]: 1 for e in [*old, *new]}
+
+
+def _midnight() -> dt.datetime:
+    """Today's start, UTC."""
+    return clock.now().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+async def _buckets(rt: Runtime, scene_id: uuid.UUID) -> dict[str, dict[str, str]]:
+    """The scene's day buckets: key → {event_id: token}."""
+    pattern = rt.key("ingest", "seen", "{" + str(scene_id) + "}", "*")
+    return {_text(k) or "": {_text(f) or "": _text(v) or ""
+                             for f, v in (await rt.redis.hgetall(k)).items()}
+            async for k in rt.redis.scan_iter(match=pattern)}
+
+
+async def test_a_batch_over_two_utc_days_writes_a_bucket_per_day_expiring_at_its_end(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """Each UTC day of ``occurred_at`` has its bucket, whatever offset the partner wrote; a
+    bucket expires at the end of its day + the dedupe TTL (claim window + margin + future
+    skew), the stored token key no earlier. A later batch mixing both days' new and stored
+    events is judged event by event, in request order."""
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    midnight = _midnight()
+    early = p.event(ref, at=midnight - dt.timedelta(hours=36))
+    # yesterday 20:00 UTC, written as today 04:00 +08:00: yesterday's bucket
+    late = p.event(ref, at=(midnight - dt.timedelta(hours=4)).astimezone(
+        dt.timezone(dt.timedelta(hours=8))))
+    assert late["occurred_at"].endswith("04:00:00+08:00")
+    later = p.event(ref, at=midnight - dt.timedelta(hours=11))
+    assert _statuses(await p.post(client, [early, late, later])) == [("accepted", None)] * 3
+
+    def key(day: dt.datetime) -> str:
+        return runtime.key("ingest", "seen", "{" + str(p.scene_id) + "}", day.strftime("%Y%m%d"))
+
+    day1, day2 = midnight - dt.timedelta(days=2), midnight - dt.timedelta(days=1)
+    buckets = await _buckets(runtime, p.scene_id)
+    assert set(buckets) == {key(day1), key(day2)}
+    assert set(buckets[key(day1)]) == {early["event_id"]}
+    assert set(buckets[key(day2)]) == {late["event_id"], later["event_id"]}
+    token = buckets[key(day1)][early["event_id"]]
+    assert {*buckets[key(day1)].values(), *buckets[key(day2)].values()} == {token}
+    assert [_mark(runtime, p.scene_id, e)[0] for e in (early, late, later)] == [
+        key(day1), key(day2), key(day2)]
+
+    s = runtime.settings
+    ttl = 30 * 86400 + s.ingest_dedupe_margin_days * 86400 + s.ingest_future_skew_s
+    for day in (day1, day2):
+        end = int((day + dt.timedelta(days=1)).timestamp())
+        assert abs(await runtime.redis.expiretime(key(day)) - (end + ttl)) <= 5
+    tok = service.token_key(runtime, p.scene_id, token)
+    assert _text(await runtime.redis.get(tok)) == "s"
+    assert await runtime.redis.expiretime(tok) >= await runtime.redis.expiretime(key(day2))
+
+    new1 = p.event(ref, at=midnight - dt.timedelta(hours=10))
+    new2 = p.event(ref, at=midnight - dt.timedelta(hours=40))
+    r = await p.post(client, [new1, early, new2, late, later, new1])
+    assert _statuses(r) == [("accepted", None), ("duplicate", None), ("accepted", None),
+                            ("duplicate", None), ("duplicate", None), ("duplicate", None)]
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == {
+        e["event_id"]: 1 for e in (early, late, later, new1, new2)}
+
+
+async def test_a_failed_publish_frees_its_marks_in_every_bucket(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    midnight = _midnight()
+    events = [p.event(ref, at=midnight - dt.timedelta(hours=h)) for h in (30, 6, 40)]
+    async with _client(runtime, bus=FailingBus(runtime.bus), ingest_pending_ttl_s=300) as down:
+        r = await p.post(down, events)
+    assert (r.status_code, r.json()["code"]) == (503, "bus.unavailable")
+    assert await _token_keys(runtime, p.scene_id) == []
+    assert await _holders(runtime, p.scene_id, events) == [None] * 3
+    assert _statuses(await p.post(client, events)) == [("accepted", None)] * 3
+    await drain(runtime)
+    assert await credited(runtime, p.scene_id) == {e["event_id"]: 1 for e in events}
+
+
+async def test_an_event_sent_again_with_another_days_occurred_at_is_credited_once(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """A mark is found by its ``occurred_at`` day: the same ``event_id`` with an
+    ``occurred_at`` on another UTC day, in a later batch, is accepted by the API (another
+    bucket); the ledger's unique key (scene_id, event_id) credits it once and the worker
+    counts it as a duplicate."""
+    from prometheus_client import REGISTRY
+
+    from tests.ingestion.conftest import balance
+
+    p = await make_partner(runtime, citizens=1)
+    ref, citizen = next(iter(p.citizens.items()))
+    midnight = _midnight()
+    first = p.event(ref, at=midnight - dt.timedelta(hours=12))
+    assert _statuses(await p.post(client, [first])) == [("accepted", None)]
+    await drain(runtime)
+    assert await balance(runtime, citizen) == 25
+
+    again = dict(first, occurred_at=(midnight - dt.timedelta(hours=36)).isoformat())
+    assert _statuses(await p.post(client, [again])) == [("accepted", None)]
+    assert _statuses(await p.post(client, [again, first])) == [("duplicate", None)] * 2
+
+    def worker_count(result: str) -> float:
+        return REGISTRY.get_sample_value("tanhui_worker_events_total", {"result": result}) or 0.0
+
+    before = worker_count("duplicate"), worker_count("credited")
+    await drain(runtime)
+    assert (worker_count("duplicate") - before[0], worker_count("credited") - before[1]) == (1, 0)
+    assert await credited(runtime, p.scene_id) == {first["event_id"]: 1}
+    assert await balance(runtime, citizen) == 25
