@@ -14,8 +14,11 @@ Issue 6, "nothing is acknowledged that was not stored": every request draws a *t
 (``p:`` + 96 random bits) and the dedupe state lives in the token, not in the marks.
 
 - the claim (one Lua script, one round trip per batch) sets each event's mark to the token,
-  ``HSETNX``: the mark is the field ``<event_id>`` of the scene's bucket for the UTC day of
-  its ``occurred_at``, the hash ``ingest:seen:{<scene>}:<yyyymmdd>``; it sets the request's
+  ``HSETNX``: the mark is the field ``<event_id>`` of a bucket of the scene for the UTC day
+  of its ``occurred_at``, the hash ``ingest:seen:{<scene>}:<yyyymmdd>:<shard>``, one of
+  ``SEEN_SHARDS`` per day chosen by the event id's last two bytes (so that no bucket grows
+  to millions of fields: Redis deletes an expired hash in one step, ~65 ms per 300,000
+  fields, with ``lazyfree-lazy-expire no``, its default); it sets the request's
   token key ``ingest:tok:{<scene>}:<token>`` to ``p`` (*pending*, 处理中) with the short TTL
   (``TANHUI_INGEST_PENDING_TTL_S``, longer than the publish timeout). Each bucket it touches
   expires (``EXPIREAT``) at the end of its day + the long TTL (claim window + margin + future
@@ -341,24 +344,37 @@ def _consented(link: Any, at: dt.datetime) -> bool:
 # ---------------------------------------------------------------- dedupe and publish
 
 # Claim the whole batch in one round trip. KEYS[1] is this request's token key, KEYS[2..] the
-# scene's day buckets (same hash tag as the token keys: one Cluster slot); ARGV: the token,
-# the pending TTL, the prefix of the scene's token keys, then per bucket its expire-at (unix
-# seconds) and its number of events, then the event ids grouped by bucket in that order.
+# scene's buckets of each day of the batch, ``SEEN_SHARDS`` per day (same hash tag as the token
+# keys: one Cluster slot); ARGV: the token, the pending TTL, the prefix of the scene's token
+# keys, the number of shards, then per day its buckets' expire-at (unix seconds) and its
+# number of events, then the event ids grouped by day in that order (``shard`` picks the
+# bucket; ``_shard`` is its Python twin).
 # Answers per event id sent '1' (claimed or taken over: publish it), '0' (duplicate: stored,
 # or already this request's) or '2' (in flight). A token key is read at most once per script.
 # The token key is set only when a mark was claimed.
-_CLAIM_LUA = """
-local mine, tokens = ARGV[1], ARGV[3]
-local nb = #KEYS - 1
-local a = 4 + 2 * nb
+_SHARD_LUA = """
+local function shard(id)
+  local n = #id
+  return (string.byte(id, n) or 0) + 7 * (string.byte(id, n - 1) or 0)
+end
+"""
+
+_CLAIM_LUA = _SHARD_LUA + """
+local mine, tokens, shards = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local nb = (#KEYS - 1) / shards
+local a = 5 + 2 * nb
 local state = {}
 local out = {}
+local touched = {}
 local claimed = false
 for b = 1, nb do
-  local bucket = KEYS[b + 1]
-  local last = a + tonumber(ARGV[3 + 2 * b]) - 1
+  local base = 2 + (b - 1) * shards
+  local at = ARGV[3 + 2 * b]
+  local last = a + tonumber(ARGV[4 + 2 * b]) - 1
   for i = a, last do
     local id = ARGV[i]
+    local bucket = KEYS[base + shard(id) % shards]
+    touched[bucket] = at
     local f = '1'
     if redis.call('HSETNX', bucket, id, mine) == 0 then
       local cur = redis.call('HGET', bucket, id)
@@ -375,29 +391,30 @@ for b = 1, nb do
       end
     end
     if f == '1' then claimed = true end
-    out[i - 3 - 2 * nb] = f
+    out[i - 4 - 2 * nb] = f
   end
-  redis.call('EXPIREAT', bucket, ARGV[2 + 2 * b])
   a = last + 1
 end
+for bucket, at in pairs(touched) do redis.call('EXPIREAT', bucket, at) end
 if claimed then redis.call('SET', KEYS[1], 'p', 'EX', ARGV[2]) end
 return table.concat(out)
 """
 
 # After a failed publish: the token key goes (every mark of the request is free at once) and
 # so do the marks that still hold the token, rather than outliving the claim window unused.
-# KEYS as for the claim; ARGV: the token, per bucket its number of events, the event ids
-# grouped by bucket (marks of other requests, holding another token, stay).
-_RELEASE_LUA = """
-local mine = ARGV[1]
+# KEYS as for the claim; ARGV: the token, the number of shards, per day its number of events,
+# the event ids grouped by day (marks of other requests, holding another token, stay).
+_RELEASE_LUA = _SHARD_LUA + """
+local mine, shards = ARGV[1], tonumber(ARGV[2])
 redis.call('DEL', KEYS[1])
-local nb = #KEYS - 1
-local a = 2 + nb
+local nb = (#KEYS - 1) / shards
+local a = 3 + nb
 local n = 0
 for b = 1, nb do
-  local bucket = KEYS[b + 1]
-  local last = a + tonumber(ARGV[1 + b]) - 1
+  local base = 2 + (b - 1) * shards
+  local last = a + tonumber(ARGV[2 + b]) - 1
   for i = a, last do
+    local bucket = KEYS[base + shard(ARGV[i]) % shards]
     if redis.call('HGET', bucket, ARGV[i]) == mine then
       redis.call('HDEL', bucket, ARGV[i]); n = n + 1
     end
@@ -430,18 +447,28 @@ def _utc_day(at: dt.datetime) -> int:
     return at.toordinal()
 
 
-def _seen_key(runtime: Runtime, scene_id: UUID | str, day: int) -> str:
-    # The hash tag keeps a scene's buckets and token keys in one Redis Cluster slot (the
-    # scripts need that).
-    return runtime.key("ingest", "seen", "{" + str(scene_id) + "}",
-                       dt.date.fromordinal(day).strftime("%Y%m%d"))
+SEEN_SHARDS = 64  # buckets per scene and day
+
+
+def _seen_keys(runtime: Runtime, scene_id: UUID | str, day: int) -> list[str]:
+    """The scene's buckets of a UTC day, by shard. The hash tag keeps a scene's buckets and
+    token keys in one Redis Cluster slot (the scripts need that)."""
+    prefix = runtime.key("ingest", "seen", "{" + str(scene_id) + "}",
+                         dt.date.fromordinal(day).strftime("%Y%m%d"), "")
+    return [f"{prefix}{i:02x}" for i in range(SEEN_SHARDS)]
+
+
+def _shard(event_id: str) -> int:
+    """The claim script's ``shard``: from the id's last two bytes."""
+    raw = event_id.encode()
+    return ((raw[-1] if raw else 0) + 7 * (raw[-2] if len(raw) > 1 else 0)) % SEEN_SHARDS
 
 
 def dedupe_mark(runtime: Runtime, scene_id: UUID | str, event_id: str,
                 occurred_at: dt.datetime) -> tuple[str, str]:
-    """Where an event's mark lives: its scene's bucket for the UTC day of ``occurred_at`` (a
-    hash) and its field there, the ``event_id``."""
-    return _seen_key(runtime, scene_id, _utc_day(occurred_at)), event_id
+    """Where an event's mark lives: a bucket (a hash) of its scene for the UTC day of
+    ``occurred_at``, and its field there, the ``event_id``."""
+    return _seen_keys(runtime, scene_id, _utc_day(occurred_at))[_shard(event_id)], event_id
 
 
 def token_key(runtime: Runtime, scene_id: UUID | str, token: str) -> str:
@@ -451,9 +478,10 @@ def token_key(runtime: Runtime, scene_id: UUID | str, token: str) -> str:
 
 @dataclass(slots=True)
 class _Marks:
-    """A batch's marks as the scripts take them: the buckets it touches, each with its expire-at
-    and number of events, and the event ids grouped by bucket. ``order`` is the candidate index
-    of each id sent, None when that is the candidates' order (one bucket, the usual case)."""
+    """A batch's marks as the scripts take them: the buckets of the days it touches (each day
+    with its expire-at and number of events), and the event ids grouped by day. ``order`` is
+    the candidate index of each id sent, None when that is the candidates' order (one day, the
+    usual case)."""
 
     buckets: list[str]
     expire_at: list[int]
@@ -470,7 +498,7 @@ def _marks(
     ats = [ev.occurred_at for ev in candidates]
     first = _utc_day(min(ats))
     if first == _utc_day(max(ats)):
-        return _Marks([_seen_key(runtime, scene_id, first)],
+        return _Marks(_seen_keys(runtime, scene_id, first),
                       [(first + 1 - _EPOCH_DAY) * _DAY_S + ttl_s], [len(candidates)],
                       [ev.event_id for ev in candidates])
     groups: dict[int, list[int]] = {}
@@ -483,7 +511,7 @@ def _marks(
             group.append(i)
     order = [i for group in groups.values() for i in group]
     return _Marks(
-        [_seen_key(runtime, scene_id, day) for day in groups],
+        [key for day in groups for key in _seen_keys(runtime, scene_id, day)],
         [(day + 1 - _EPOCH_DAY) * _DAY_S + ttl_s for day in groups],
         [len(group) for group in groups.values()],
         [candidates[i].event_id for i in order], order,
@@ -494,12 +522,12 @@ async def _claim(
     runtime: Runtime, tok: str, tokens: str, mine: str, marks: _Marks, pending_ttl_s: int
 ) -> str:
     """Run the claim script: one flag per id of ``marks.ids``, in that order."""
-    per_bucket: list[int] = []
+    per_day: list[int] = []
     for expire_at, count in zip(marks.expire_at, marks.counts, strict=True):
-        per_bucket += (expire_at, count)
+        per_day += (expire_at, count)
     flags = await _script(runtime.redis, _CLAIM_LUA)(
         keys=[tok, *marks.buckets],
-        args=[mine, pending_ttl_s, tokens, *per_bucket, *marks.ids])
+        args=[mine, pending_ttl_s, tokens, SEEN_SHARDS, *per_day, *marks.ids])
     return flags.decode() if isinstance(flags, bytes) else str(flags)
 
 
@@ -575,7 +603,7 @@ async def _release(runtime: Runtime, tok: str, marks: _Marks, mine: str, count: 
     """Every id of the batch is sent; only the fields holding this request's token go."""
     try:
         await _script(runtime.redis, _RELEASE_LUA)(
-            keys=[tok, *marks.buckets], args=[mine, *marks.counts, *marks.ids])
+            keys=[tok, *marks.buckets], args=[mine, SEEN_SHARDS, *marks.counts, *marks.ids])
     except Exception:  # Redis down too: the token key expires after its short TTL
         log.warning("dedupe_marks_not_removed", count=count)
 

@@ -270,52 +270,54 @@ def _midnight() -> dt.datetime:
 
 
 async def _buckets(rt: Runtime, scene_id: uuid.UUID) -> dict[str, dict[str, str]]:
-    """The scene's day buckets: key → {event_id: token}."""
+    """The scene's buckets: key → {event_id: token}."""
     pattern = rt.key("ingest", "seen", "{" + str(scene_id) + "}", "*")
     return {_text(k) or "": {_text(f) or "": _text(v) or ""
                              for f, v in (await rt.redis.hgetall(k)).items()}
             async for k in rt.redis.scan_iter(match=pattern)}
 
 
-async def test_a_batch_over_two_utc_days_writes_a_bucket_per_day_expiring_at_its_end(
+async def test_a_batch_over_two_utc_days_writes_the_buckets_of_each_day_expiring_at_its_end(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
-    """Each UTC day of ``occurred_at`` has its bucket, whatever offset the partner wrote; a
-    bucket expires at the end of its day + the dedupe TTL (claim window + margin + future
-    skew), the stored token key no earlier. A later batch mixing both days' new and stored
-    events is judged event by event, in request order."""
+    """Each UTC day of ``occurred_at`` has its buckets (one per shard of the event id),
+    whatever offset the partner wrote; a bucket expires at the end of its day + the dedupe TTL
+    (claim window + margin + future skew), the stored token key no earlier. A later batch
+    mixing both days' new and stored events is judged event by event, in request order."""
     p = await make_partner(runtime, citizens=1)
     ref = next(iter(p.citizens))
     midnight = _midnight()
     early = p.event(ref, at=midnight - dt.timedelta(hours=36))
-    # yesterday 20:00 UTC, written as today 04:00 +08:00: yesterday's bucket
+    # yesterday 20:00 UTC, written as today 04:00 +08:00: yesterday's buckets
     late = p.event(ref, at=(midnight - dt.timedelta(hours=4)).astimezone(
         dt.timezone(dt.timedelta(hours=8))))
     assert late["occurred_at"].endswith("04:00:00+08:00")
     later = p.event(ref, at=midnight - dt.timedelta(hours=11))
     assert _statuses(await p.post(client, [early, late, later])) == [("accepted", None)] * 3
 
-    def key(day: dt.datetime) -> str:
-        return runtime.key("ingest", "seen", "{" + str(p.scene_id) + "}", day.strftime("%Y%m%d"))
+    def key(day: dt.datetime, event: dict[str, Any]) -> str:
+        return runtime.key("ingest", "seen", "{" + str(p.scene_id) + "}", day.strftime("%Y%m%d"),
+                           f"{service._shard(event['event_id']):02x}")
 
     day1, day2 = midnight - dt.timedelta(days=2), midnight - dt.timedelta(days=1)
+    placed = [(day1, early), (day2, late), (day2, later)]
+    assert [_mark(runtime, p.scene_id, e) for _, e in placed] == [
+        (key(day, e), e["event_id"]) for day, e in placed]
     buckets = await _buckets(runtime, p.scene_id)
-    assert set(buckets) == {key(day1), key(day2)}
-    assert set(buckets[key(day1)]) == {early["event_id"]}
-    assert set(buckets[key(day2)]) == {late["event_id"], later["event_id"]}
-    token = buckets[key(day1)][early["event_id"]]
-    assert {*buckets[key(day1)].values(), *buckets[key(day2)].values()} == {token}
-    assert [_mark(runtime, p.scene_id, e)[0] for e in (early, late, later)] == [
-        key(day1), key(day2), key(day2)]
+    assert set(buckets) == {key(day, e) for day, e in placed}
+    assert sorted(f for fields in buckets.values() for f in fields) == sorted(
+        e["event_id"] for _, e in placed)
+    (token,) = {t for fields in buckets.values() for t in fields.values()}
 
     s = runtime.settings
     ttl = 30 * 86400 + s.ingest_dedupe_margin_days * 86400 + s.ingest_future_skew_s
-    for day in (day1, day2):
+    for day, e in placed:
         end = int((day + dt.timedelta(days=1)).timestamp())
-        assert abs(await runtime.redis.expiretime(key(day)) - (end + ttl)) <= 5
+        assert abs(await runtime.redis.expiretime(key(day, e)) - (end + ttl)) <= 5
     tok = service.token_key(runtime, p.scene_id, token)
     assert _text(await runtime.redis.get(tok)) == "s"
-    assert await runtime.redis.expiretime(tok) >= await runtime.redis.expiretime(key(day2))
+    assert await runtime.redis.expiretime(tok) >= await runtime.redis.expiretime(
+        key(day2, later))
 
     new1 = p.event(ref, at=midnight - dt.timedelta(hours=10))
     new2 = p.event(ref, at=midnight - dt.timedelta(hours=40))
@@ -325,6 +327,27 @@ async def test_a_batch_over_two_utc_days_writes_a_bucket_per_day_expiring_at_its
     await drain(runtime)
     assert await credited(runtime, p.scene_id) == {
         e["event_id"]: 1 for e in (early, late, later, new1, new2)}
+
+
+async def test_the_event_ids_of_a_day_spread_over_its_buckets(
+    runtime: Runtime, client: httpx.AsyncClient
+) -> None:
+    """A scene's day is ``SEEN_SHARDS`` hashes, not one that grows to millions of fields
+    (Redis deletes an expired hash in one step); the script's shard of an id is the one
+    :func:`ingestion.service.dedupe_mark` names, for ids of any length, ASCII or not."""
+    p = await make_partner(runtime, citizens=1)
+    ref = next(iter(p.citizens))
+    at = _midnight() - dt.timedelta(hours=30)
+    events = [p.event(ref, event_id=f"ev-{i}", at=at) for i in range(200)]
+    events += [p.event(ref, event_id=e, at=at) for e in ("x", "步数-7", "ä")]
+    r = await p.post(client, events)
+    assert _statuses(r) == [("accepted", None)] * len(events)
+    buckets = await _buckets(runtime, p.scene_id)
+    assert len(buckets) > service.SEEN_SHARDS // 2
+    for e in events:
+        bucket, field = _mark(runtime, p.scene_id, e)
+        assert field in buckets[bucket]
+    assert sum(len(fields) for fields in buckets.values()) == len(events)
 
 
 async def test_a_failed_publish_frees_its_marks_in_every_bucket(
