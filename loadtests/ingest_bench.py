@@ -475,7 +475,9 @@ def command(
     batch: Annotated[int, typer.Option(help="events per request (≤ 1,000)")] = 1000,
     clients: Annotated[int, typer.Option(help="load-generating processes")] = 2,
     connections: Annotated[int, typer.Option(help="connections per client process")] = 4,
-    api_workers: Annotated[int, typer.Option(help="API processes (full mode)")] = 2,
+    # One: on 2 cores shared with the workers, the database, Redis and the broker, a second
+    # API process measured 5-10 % less end to end (more switching, two cold caches).
+    api_workers: Annotated[int, typer.Option(help="API processes (full mode)")] = 1,
     worker_procs: Annotated[int, typer.Option(help="points-worker processes")] = 2,
     consumers: Annotated[int, typer.Option(help="bus consumers per worker process")] = 1,
     wait: Annotated[float, typer.Option(help="seconds to wait for crediting")] = 900,
