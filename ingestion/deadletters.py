@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.bus import Message
 from app.runtime import Runtime
-from ingestion.service import ensure_topic
+from ingestion.service import bucket_message, ensure_topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ async def replay_dead_letters(
         return 0
     by_topic: dict[str, list[Message]] = {}
     for r in rows:
-        by_topic.setdefault(r.topic, []).append(Message(bytes(r.key), bytes(r.payload)))
+        by_topic.setdefault(r.topic, []).append(bucket_message(bytes(r.key), bytes(r.payload)))
     for topic, messages in by_topic.items():
         await ensure_topic(runtime, topic)
         await runtime.bus.publish(topic, messages)

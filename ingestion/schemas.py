@@ -128,6 +128,13 @@ def bucket_of_raw(citizen_id: bytes) -> int:
     return zlib.crc32(citizen_id) % BUCKETS
 
 
+def bucket_of_key(key: bytes) -> int | None:
+    """The bucket a bus key names (``c<nn>``), None for another key."""
+    if len(key) == 3 and key[:1] == b"c" and key[1:].isdigit():
+        return int(key[1:])
+    return None
+
+
 def openapi_schema(struct: type) -> dict[str, Any]:
     """A struct's JSON schema for the OpenAPI document (refs inlined under ``$defs``)."""
     schema: dict[str, Any] = msgspec.json.schema(struct, ref_template="#/$defs/{name}")

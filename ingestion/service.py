@@ -84,6 +84,7 @@ from ingestion.schemas import (
     RawBusEvent,
     RawEnvelope,
     batch_decoder,
+    bucket_of_key,
     bucket_of_raw,
     bus_encoder,
     event_decoder,
@@ -137,6 +138,12 @@ def bucket_key(citizen_id: UUID | bytes) -> bytes:
     """The bus key of a citizen's events: its bucket (Kafka and the queue partition by it)."""
     raw = citizen_id if isinstance(citizen_id, bytes) else citizen_id.bytes
     return b"c%02d" % bucket_of_raw(raw)
+
+
+def bucket_message(key: bytes, value: bytes) -> Message:
+    """A bus message of one bucket's events, with the bucket as its shard (see
+    :class:`app.bus.Message`: the buckets load the partitions evenly)."""
+    return Message(key, value, shard=bucket_of_key(key))
 
 
 # ---------------------------------------------------------------- decoding
@@ -624,18 +631,21 @@ async def publish_events(
 ) -> None:
     """Publish events grouped by citizen bucket; return once the bus acked every message."""
     topic = events_topic(runtime.settings)
-    groups: dict[bytes, list[RawBusEvent | BusEvent]] = {}
-    keys: dict[UUID | bytes, bytes] = {}
+    groups: dict[int, list[RawBusEvent | BusEvent]] = {}
+    buckets: dict[UUID | bytes, int] = {}
     for ev in events:
         citizen = ev.citizen_id
-        key = keys.get(citizen)
-        if key is None:
-            key = keys[citizen] = bucket_key(citizen)
-        groups.setdefault(key, []).append(ev)
-    # Both kinds of event have one wire form (UUIDs as 16 bytes).
+        bucket = buckets.get(citizen)
+        if bucket is None:
+            raw = citizen if isinstance(citizen, bytes) else citizen.bytes
+            bucket = buckets[citizen] = bucket_of_raw(raw)
+        groups.setdefault(bucket, []).append(ev)
+    # Both kinds of event have one wire form (UUIDs as 16 bytes). The bucket is the shard.
     messages = [
-        Message(key, bus_encoder.encode(RawEnvelope(ENVELOPE_VERSION, evs)))  # type: ignore[arg-type]
-        for key, evs in groups.items()
+        Message(b"c%02d" % bucket,
+                bus_encoder.encode(RawEnvelope(ENVELOPE_VERSION, evs)),  # type: ignore[arg-type]
+                shard=bucket)
+        for bucket, evs in groups.items()
     ]
     started = time.perf_counter()
     await ensure_topic(runtime, topic)

@@ -222,7 +222,9 @@ class KafkaBus:
         partitions = sorted(await producer.partitions_for(topic))
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for m in messages:
-            by_partition[self._partitioner(m.key, partitions, partitions)].append(m)
+            p = (partitions[m.shard % len(partitions)] if m.shard is not None
+                 else self._partitioner(m.key, partitions, partitions))
+            by_partition[p].append(m)
         futures = []
         for partition, items in by_partition.items():
             batch = producer.create_batch()

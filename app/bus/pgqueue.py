@@ -156,7 +156,8 @@ class PgQueueBus:
                 "INSERT INTO bus_messages (topic, part, key, value) "
                 "SELECT $1, p, k, v FROM unnest($2::int2[], $3::bytea[], $4::bytea[]) "
                 "AS t(p, k, v)",
-                topic, [partition_of(k) for k in keys], keys, [m.value for m in messages],
+                topic, [partition_of(m.key) if m.shard is None else m.shard % PARTITIONS
+                        for m in messages], keys, [m.value for m in messages],
                 timeout=self.timeout_s,
             )
         except _DOWN as exc:
