@@ -500,8 +500,9 @@ class _Marks:
 def _marks(
     runtime: Runtime, scene_id: UUID, candidates: Sequence[RawBusEvent], ttl_s: int
 ) -> _Marks:
-    """Group the candidates by the UTC day of their ``occurred_at``; a bucket lives until the
-    end of its day + ``ttl_s`` (no event of that day is claimed later: see the docstring)."""
+    """Group the candidates by the UTC day of their ``occurred_at``; a day's buckets live
+    until its end + ``ttl_s`` (+ their shard number in seconds: the script adds it), since no
+    event of that day is claimed later (see the module docstring)."""
     ats = [ev.occurred_at for ev in candidates]
     first = _utc_day(min(ats))
     if first == _utc_day(max(ats)):
