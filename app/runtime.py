@@ -44,7 +44,7 @@ def tune_gc() -> None:
 class _HiredisPacking:
     """Commands built by hiredis in C: redis-py's asyncio connections build them in Python
     (its sync ones use hiredis), ~0.7 µs per argument; the ingestion's dedupe script takes
-    one key per event."""
+    one argument per event."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         if isinstance(args[0], str) and " " in args[0]:  # e.g. "CLIENT SETNAME"

@@ -128,8 +128,13 @@ def bucket_of_raw(citizen_id: bytes) -> int:
     return zlib.crc32(citizen_id) % BUCKETS
 
 
+def key_of_bucket(bucket: int) -> bytes:
+    """The bus key of a bucket's messages."""
+    return b"c%02d" % bucket
+
+
 def bucket_of_key(key: bytes) -> int | None:
-    """The bucket a bus key names (``c<nn>``), None for another key."""
+    """The bucket a bus key names (:func:`key_of_bucket`), None for another key."""
     if len(key) == 3 and key[:1] == b"c" and key[1:].isdigit():
         return int(key[1:])
     return None

@@ -88,6 +88,7 @@ from ingestion.schemas import (
     bucket_of_raw,
     bus_encoder,
     event_decoder,
+    key_of_bucket,
 )
 from scenes import service as scenes
 
@@ -137,7 +138,7 @@ def worker_group(settings: Settings) -> str:
 def bucket_key(citizen_id: UUID | bytes) -> bytes:
     """The bus key of a citizen's events: its bucket (Kafka and the queue partition by it)."""
     raw = citizen_id if isinstance(citizen_id, bytes) else citizen_id.bytes
-    return b"c%02d" % bucket_of_raw(raw)
+    return key_of_bucket(bucket_of_raw(raw))
 
 
 def bucket_message(key: bytes, value: bytes) -> Message:
@@ -643,7 +644,7 @@ async def publish_events(
         groups.setdefault(bucket, []).append(ev)
     # Both kinds of event have one wire form (UUIDs as 16 bytes). The bucket is the shard.
     messages = [
-        Message(b"c%02d" % bucket,
+        Message(key_of_bucket(bucket),
                 bus_encoder.encode(RawEnvelope(ENVELOPE_VERSION, evs)),  # type: ignore[arg-type]
                 shard=bucket)
         for bucket, evs in groups.items()
