@@ -3,16 +3,17 @@
 In one run, on a scratch database of its own:
 
 1. prepares a scene with a published rule, a partner client with an Ed25519 key, and K
-   linked, consenting citizens (through the scenes and auth services);
+   linked, consenting citizens (through the scenes and auth services), and measures the raw
+   baseline (c) on the still quiet database: COPY of N ledger-shaped rows into a scratch
+   table with a primary key (after the run, autovacuum and the checkpointer at work on the
+   new rows would slow it, and flatter the ratio);
 2. starts the API (``tanhui serve --workers A``, no in-process worker in full mode) and W
    points-worker processes (``tanhui worker``);
 3. sends N events in signed batches of 1,000 from C client processes (raw HTTP/1.1
    keep-alive, bodies pre-built, each request signed when sent; a 503/429 is retried with
    the same body, as a partner would);
 4. waits until every event is credited, and measures (a) the accept rate at the API,
-   (b) the end-to-end credited events/s (first request → last event in the ledger),
-   (c) a raw baseline: COPY of N ledger-shaped rows into a scratch table with a primary key
-   on the same database;
+   (b) the end-to-end credited events/s (first request → last event in the ledger);
 5. checks lost (accepted, never credited) and duplicated (credited twice) events.
 
 Modes: ``full`` uses PostgreSQL (``TANHUI_DATABASE_URL``'s server, else 127.0.0.1:5432),
@@ -560,6 +561,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         t = time.perf_counter()
         prepared = await _prepare(runtime, k)
         console.print(f"prepared {k} linked citizens in {time.perf_counter() - t:.1f} s")
+        copy_per_s = await _copy_baseline(runtime, n)
         port = free_port()
         if stack.mode == "embedded":
             server = _spawn(stack, ["serve", "--port", str(port)], TANHUI_RUN_WORKER="1")
@@ -601,7 +603,6 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         total, distinct = await _credited(runtime, prepared.scene_id)
         total, distinct = total - 1000, distinct - 1000  # the warm-up events
         accepted = counts.get("accepted", 0)
-        copy_per_s = await _copy_baseline(runtime, n)
         e2e = distinct / (done - began)
         return {
             "mode": stack.mode, "events": n,
@@ -645,6 +646,7 @@ async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
     runtime = await open_runtime(settings)
     try:
         prepared = await _prepare(runtime, k)
+        copy_per_s = await _copy_baseline(runtime, n)
         async with runtime.db.session() as s:
             citizen_of: dict[str, uuid.UUID] = dict((await s.execute(text(
                 "SELECT partner_user_ref, citizen_id FROM partner_links "
@@ -678,7 +680,6 @@ async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
         cpu1 = await _cpu_snapshot(stack, runtime, api=False)
         total, distinct = await _credited(runtime, prepared.scene_id)
         total, distinct = total - 1000, distinct - 1000
-        copy_per_s = await _copy_baseline(runtime, n)
         rate = distinct / (done - began)
         return {
             "mode": stack.mode, "stage": "worker", "events": n,
