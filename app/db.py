@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -40,6 +40,21 @@ def asyncpg_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
+
+
+def array_text(values: Iterable[str]) -> str:
+    """PostgreSQL's text form of a one-dimensional array whose elements' text needs no quoting
+    (hex UUIDs, integers, ISO dates), for a parameter cast in SQL (``$1::text::uuid[]``).
+
+    asyncpg encodes an array parameter element by element through its codecs (about 0.45 µs
+    per element, most of it type checks); joining the elements' text costs a tenth of that,
+    and the server parses it in C. :func:`quoted` gives the element for any text."""
+    return "{" + ",".join(values) + "}"
+
+
+def quoted(value: str) -> str:
+    """A text value as an array element (``array_text``): double-quoted, backslash-escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 async def asyncpg_connection(session: AsyncSession, *, begin: bool = True) -> asyncpg.Connection:

@@ -27,7 +27,7 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import asyncpg_connection
+from app.db import array_text, asyncpg_connection, quoted
 from ingestion import errors as E
 from ingestion.schemas import (
     ENVELOPE_VERSION,
@@ -227,10 +227,12 @@ SELECT count(pg_advisory_xact_lock($1::int4, b)) FROM
 """
 
 # The batch's usage rows (what earlier batches granted), one index probe per row; a row's
-# position in the arrays (``WITH ORDINALITY``, from 1) says which key it is.
+# position in the arrays (``WITH ORDINALITY``, from 1) says which key it is. The keys' columns
+# come as arrays' text (``app.db.array_text``), here and below.
 _CAP_USAGE = """
 SELECT k.ord, u.used_grams
-FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[])
+FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::text[], $4::text::text[],
+            $5::text::date[])
      WITH ORDINALITY AS k(citizen_id, scene_id, behaviour, kind, period, ord)
 JOIN ingest_cap_usage u ON u.citizen_id = k.citizen_id AND u.scene_id = k.scene_id
  AND u.behaviour = k.behaviour AND u.kind = k.kind AND u.period = k.period
@@ -240,7 +242,8 @@ JOIN ingest_cap_usage u ON u.citizen_id = k.citizen_id AND u.scene_id = k.scene_
 # upserted in key order, so two batches never wait on each other's rows in opposite orders.
 _ADD_CAP_USAGE = """
 INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period, used_grams)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::date[], $6::int8[])
+SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::text[], $4::text::text[],
+                     $5::text::date[], $6::text::int8[])
 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
 DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
@@ -314,12 +317,17 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     buckets = sorted({bucket_of_raw(c) for c in set(citizens)})
     conn = await asyncpg_connection(session)
     await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
-    texts = {raw: uuid_text(raw) for raw in set(citizens) | set(scenes)}
+    texts: dict[Any, str] = {raw: uuid_text(raw) for raw in set(citizens) | set(scenes)}
+    texts.update((b, quoted(b)) for b in set(behaviours))
+    texts.update((p, p.isoformat()) for p in set(periods))
     citizen_text = [texts[c] for c in citizens]
     scene_text = [texts[c] for c in scenes]
+    behaviour_text = [texts[b] for b in behaviours]
+    period_text = [texts[p] for p in periods]
     used = [0] * len(kinds)  # by key position (the database counts from 1)
     for ord_, grams in await conn.fetch(
-            _CAP_USAGE, citizen_text, scene_text, behaviours, kinds, periods):
+            _CAP_USAGE, array_text(citizen_text), array_text(scene_text),
+            array_text(behaviour_text), array_text(kinds), array_text(period_text)):
         used[ord_ - 1] = grams
     added = [0] * len(kinds)
     for n, i in enumerate(capped):
@@ -345,9 +353,11 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     moved = [j for j in range(len(kinds)) if added[j]]
     if moved:
         await conn.execute(
-            _ADD_CAP_USAGE, [citizen_text[j] for j in moved], [scene_text[j] for j in moved],
-            [behaviours[j] for j in moved], [kinds[j] for j in moved],
-            [periods[j] for j in moved], [added[j] for j in moved])
+            _ADD_CAP_USAGE, array_text([citizen_text[j] for j in moved]),
+            array_text([scene_text[j] for j in moved]),
+            array_text([behaviour_text[j] for j in moved]),
+            array_text([kinds[j] for j in moved]), array_text([period_text[j] for j in moved]),
+            array_text([str(added[j]) for j in moved]))
     return granted
 
 

@@ -32,7 +32,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
-from app.db import asyncpg_connection
+from app.db import array_text, asyncpg_connection
 from app.settings import get_settings
 from points import binary, sql
 from points.errors import (
@@ -333,8 +333,9 @@ async def credit_columns(
     added: dict[Any, int] = dict.fromkeys(carries, 0)
     for account, p in zip(account_of, points, strict=True):
         added[account] += p
-    await driver.execute(sql.ADD_CREDITS, list(added), list(added.values()),
-                         [carries[a] for a in added])
+    await driver.execute(sql.ADD_CREDITS, array_text(map(str, added)),
+                         array_text(map(str, added.values())),
+                         array_text([str(carries[a]) for a in added]))
     return sum(points), known
 
 
@@ -346,7 +347,7 @@ async def _lock_accounts(
     wanted = sorted(set(citizens))  # byte order is UUID order
     found: dict[bytes, tuple[Any, int]] = {}
     while wanted:
-        rows = await driver.fetch(sql.LOCK_ACCOUNTS, [c.hex() for c in wanted], now)
+        rows = await driver.fetch(sql.LOCK_ACCOUNTS, array_text([c.hex() for c in wanted]), now)
         for citizen, account, carry in rows:
             found[citizen.bytes] = (account, carry)
         # An account another transaction created after the statement's snapshot: again.
