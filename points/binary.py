@@ -5,14 +5,15 @@ asyncpg's ``copy_records_to_table`` encodes every value by its type codec, and a
 a credit has four timestamps, three of them the batch's constants. Here the constants are
 encoded once per batch and a row is one ``struct.pack`` (the format is PostgreSQL's
 documented ``COPY ... (FORMAT binary)``: a header, per row a field count and length-prefixed
-fields in network byte order, a trailer). asyncpg still carries the bytes
-(``copy_to_table(..., format="binary")``).
+fields in network byte order, a trailer). asyncpg still carries the bytes, as one CopyData
+message (``copy_to_table(..., source=memoryview(<bytes>), format="binary")``: bytes would be
+taken for a file name; an async iterable source costs a task per chunk).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -20,14 +21,6 @@ from typing import Any
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 TRAILER = struct.pack("!h", -1)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-async def chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    """COPY data as an async source: asyncpg reads a file-like source in a thread pool, one
-    hop per chunk; this hands the bytes over directly."""
-    view = memoryview(data)
-    for start in range(0, len(data), size):
-        yield bytes(view[start:start + size])
 
 
 def timestamptz(at: datetime) -> int:

@@ -320,7 +320,7 @@ async def credit_columns(
     try:
         await driver.copy_to_table(
             "points_entries", columns=sql.CREDIT_COLUMNS, format="binary",
-            source=binary.chunks(binary.entry_rows(
+            source=memoryview(binary.entry_rows(
                 ids, account_raw, points, now, order, credits.scene, credits.event_id,
                 credits.behaviour, occurred, grams, rates, credits.reduction_rule,
                 credits.conversion_rule)))
@@ -329,7 +329,7 @@ async def credit_columns(
     if any(points):
         await driver.copy_to_table(
             "points_lots", columns=sql.LOT_COLUMNS, format="binary",
-            source=binary.chunks(binary.lot_rows(account_raw, ids, points, now, expires_at)))
+            source=memoryview(binary.lot_rows(account_raw, ids, points, now, expires_at)))
     added: dict[Any, int] = dict.fromkeys(carries, 0)
     for account, p in zip(account_of, points, strict=True):
         added[account] += p
