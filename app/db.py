@@ -44,11 +44,13 @@ def asyncpg_url(url: str) -> str:
 
 def array_text(values: Iterable[str]) -> str:
     """PostgreSQL's text form of a one-dimensional array whose elements' text needs no quoting
-    (hex UUIDs, integers, ISO dates), for a parameter cast in SQL (``$1::text::uuid[]``).
+    (integers, ISO dates), for a parameter cast in SQL (``$1::text::int8[]``).
 
-    asyncpg encodes an array parameter element by element through its codecs (about 0.45 µs
-    per element, most of it type checks); joining the elements' text costs a tenth of that,
-    and the server parses it in C. :func:`quoted` gives the element for any text."""
+    asyncpg encodes an array parameter element by element through its codecs (0.3-0.4 µs of
+    client CPU per element, most of it type checks); joining the elements' text costs a tenth
+    of that, and the server parses integers, dates and text in 0.1-0.3 µs. Not for UUIDs: the
+    server parses a uuid's text in about 1 µs, where the binary form costs it 0.15.
+    :func:`quoted` gives the element for any text."""
     return "{" + ",".join(values) + "}"
 
 

@@ -227,27 +227,39 @@ SELECT count(pg_advisory_xact_lock($1::int4, b)) FROM
 """
 
 # The batch's usage rows (what earlier batches granted), one index probe per row; a row's
-# position in the arrays (``WITH ORDINALITY``, from 1) says which key it is. The keys' columns
-# come as arrays' text (``app.db.array_text``), here and below.
+# position in the key columns (``WITH ORDINALITY``, from 1) says which key it is. A key names
+# its citizen and scene by position in $1 and $2, the batch's distinct ones (uuid arrays, sent
+# binary); the key columns go as the arrays' text (``app.db.array_text``): the server parses
+# a uuid's text slower than asyncpg encodes it, the other columns' text faster.
 _CAP_USAGE = """
 SELECT k.ord, u.used_grams
-FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::text[], $4::text::text[],
-            $5::text::date[])
-     WITH ORDINALITY AS k(citizen_id, scene_id, behaviour, kind, period, ord)
-JOIN ingest_cap_usage u ON u.citizen_id = k.citizen_id AND u.scene_id = k.scene_id
- AND u.behaviour = k.behaviour AND u.kind = k.kind AND u.period = k.period
+FROM unnest($3::text::int4[], $4::text::int4[], $5::text::text[], $6::text::text[],
+            $7::text::date[])
+     WITH ORDINALITY AS k(citizen, scene, behaviour, kind, period, ord)
+JOIN ingest_cap_usage u ON u.citizen_id = ($1::uuid[])[k.citizen]
+ AND u.scene_id = ($2::uuid[])[k.scene] AND u.behaviour = k.behaviour AND u.kind = k.kind
+ AND u.period = k.period
 """
 
 # What the batch granted, added to the usage rows (a missing row starts at 0). The rows are
 # upserted in key order, so two batches never wait on each other's rows in opposite orders.
 _ADD_CAP_USAGE = """
 INSERT INTO ingest_cap_usage AS u (citizen_id, scene_id, behaviour, kind, period, used_grams)
-SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::text[], $4::text::text[],
-                     $5::text::date[], $6::text::int8[])
+SELECT ($1::uuid[])[k.citizen], ($2::uuid[])[k.scene], k.behaviour, k.kind, k.period, k.grams
+FROM unnest($3::text::int4[], $4::text::int4[], $5::text::text[], $6::text::text[],
+            $7::text::date[], $8::text::int8[]) AS k(citizen, scene, behaviour, kind, period, grams)
 ORDER BY 1, 2, 3, 4, 5
 ON CONFLICT (citizen_id, scene_id, behaviour, kind, period)
 DO UPDATE SET used_grams = u.used_grams + excluded.used_grams
 """
+
+
+def _position(positions: dict[bytes, str], key: bytes) -> str:
+    """``key``'s position (from 1, as text) among the distinct keys met so far."""
+    at = positions.get(key)
+    if at is None:
+        at = positions[key] = str(len(positions) + 1)
+    return at
 
 
 async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
@@ -273,9 +285,12 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     group: list[int] = []  # per capped event, in ``capped`` order
     day_key: list[int] = []  # per group: position of its day key, or -1
     year_key: list[int] = []
-    # The usage keys, as the columns of the lookup: citizen, scene, behaviour, kind, period.
-    citizens: list[bytes] = []
-    scenes: list[bytes] = []
+    # The usage keys, as the columns of the lookup: citizen, scene (each as its position, from
+    # 1, among the distinct ones), behaviour, kind, period.
+    citizen_at: dict[bytes, str] = {}
+    scene_at: dict[bytes, str] = {}
+    citizens: list[str] = []
+    scenes: list[str] = []
     behaviours: list[str] = []
     kinds: list[str] = []
     periods: list[dt.date] = []
@@ -295,8 +310,8 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
         add_group(g)
         if day_caps[i] is not None and day_key[g] < 0:
             day_key[g] = len(kinds)
-            citizens.append(ev.citizen_id)
-            scenes.append(ev.scene_id)
+            citizens.append(_position(citizen_at, ev.citizen_id))
+            scenes.append(_position(scene_at, ev.scene_id))
             behaviours.append(ev.behaviour)
             kinds.append("d")
             periods.append(day)
@@ -308,25 +323,23 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
             y = year_of.get(yk)
             if y is None:
                 y = year_of[yk] = len(kinds)
-                citizens.append(ev.citizen_id)
-                scenes.append(ev.scene_id)
+                citizens.append(_position(citizen_at, ev.citizen_id))
+                scenes.append(_position(scene_at, ev.scene_id))
                 behaviours.append(ev.behaviour)
                 kinds.append("y")
                 periods.append(year)
             year_key[g] = y
-    buckets = sorted({bucket_of_raw(c) for c in set(citizens)})
+    buckets = sorted({bucket_of_raw(c) for c in citizen_at})
     conn = await asyncpg_connection(session)
     await conn.fetchval(_LOCK_BUCKETS, CAPS_LOCK_CLASS, buckets)
-    texts: dict[Any, str] = {raw: uuid_text(raw) for raw in set(citizens) | set(scenes)}
-    texts.update((b, quoted(b)) for b in set(behaviours))
+    distinct = ([uuid_text(c) for c in citizen_at], [uuid_text(s) for s in scene_at])
+    texts: dict[Any, str] = {b: quoted(b) for b in set(behaviours)}
     texts.update((p, p.isoformat()) for p in set(periods))
-    citizen_text = [texts[c] for c in citizens]
-    scene_text = [texts[c] for c in scenes]
     behaviour_text = [texts[b] for b in behaviours]
     period_text = [texts[p] for p in periods]
     used = [0] * len(kinds)  # by key position (the database counts from 1)
     for ord_, grams in await conn.fetch(
-            _CAP_USAGE, array_text(citizen_text), array_text(scene_text),
+            _CAP_USAGE, *distinct, array_text(citizens), array_text(scenes),
             array_text(behaviour_text), array_text(kinds), array_text(period_text)):
         used[ord_ - 1] = grams
     added = [0] * len(kinds)
@@ -353,8 +366,8 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     moved = [j for j in range(len(kinds)) if added[j]]
     if moved:
         await conn.execute(
-            _ADD_CAP_USAGE, array_text([citizen_text[j] for j in moved]),
-            array_text([scene_text[j] for j in moved]),
+            _ADD_CAP_USAGE, *distinct, array_text([citizens[j] for j in moved]),
+            array_text([scenes[j] for j in moved]),
             array_text([behaviour_text[j] for j in moved]),
             array_text([kinds[j] for j in moved]), array_text([period_text[j] for j in moved]),
             array_text([str(added[j]) for j in moved]))

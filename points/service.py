@@ -333,7 +333,7 @@ async def credit_columns(
     added: dict[Any, int] = dict.fromkeys(carries, 0)
     for account, p in zip(account_of, points, strict=True):
         added[account] += p
-    await driver.execute(sql.ADD_CREDITS, array_text(map(str, added)),
+    await driver.execute(sql.ADD_CREDITS, list(added),
                          array_text(map(str, added.values())),
                          array_text([str(carries[a]) for a in added]))
     return sum(points), known
@@ -347,7 +347,7 @@ async def _lock_accounts(
     wanted = sorted(set(citizens))  # byte order is UUID order
     found: dict[bytes, tuple[Any, int]] = {}
     while wanted:
-        rows = await driver.fetch(sql.LOCK_ACCOUNTS, array_text([c.hex() for c in wanted]), now)
+        rows = await driver.fetch(sql.LOCK_ACCOUNTS, [c.hex() for c in wanted], now)
         for citizen, account, carry in rows:
             found[citizen.bytes] = (account, carry)
         # An account another transaction created after the statement's snapshot: again.
