@@ -3,10 +3,9 @@
 In one run, on a scratch database of its own:
 
 1. prepares a scene with a published rule, a partner client with an Ed25519 key, and K
-   linked, consenting citizens (through the scenes and auth services), and measures the raw
+   linked, consenting citizens (through the scenes and auth services), and times the raw
    baseline (c) on the still quiet database: COPY of N ledger-shaped rows into a scratch
-   table with a primary key (after the run, autovacuum and the checkpointer at work on the
-   new rows would slow it, and flatter the ratio);
+   table with a primary key;
 2. starts the API (``tanhui serve --workers A``, no in-process worker in full mode) and W
    points-worker processes (``tanhui worker``);
 3. sends N events in signed batches of 1,000 from C client processes (raw HTTP/1.1
@@ -14,7 +13,11 @@ In one run, on a scratch database of its own:
    the same body, as a partner would);
 4. waits until every event is credited, and measures (a) the accept rate at the API,
    (b) the end-to-end credited events/s (first request → last event in the ledger);
-5. checks lost (accepted, never credited) and duplicated (credited twice) events.
+5. checks lost (accepted, never credited) and duplicated (credited twice) events;
+6. vacuums the new rows and checkpoints (so that autovacuum and the checkpointer do not slow
+   it down, which would flatter the ratio) and times the baseline again: ``copy_per_s`` is
+   over both COPYs, which bracket the run (these machines' speed drifts within a minute; one
+   sample before the run moved the ratio by a third from one run to the next).
 
 Modes: ``full`` uses PostgreSQL (``TANHUI_DATABASE_URL``'s server, else 127.0.0.1:5432),
 Redis (``TANHUI_REDIS_URL``, else 127.0.0.1:6379) and Kafka (``TANHUI_KAFKA_BOOTSTRAP``,
@@ -436,7 +439,7 @@ async def _wait_credited(runtime: Any, scene_id: uuid.UUID, n: int, wait_s: floa
 
 
 async def _copy_baseline(runtime: Any, n: int) -> float:
-    """COPY n ledger-shaped rows into a scratch table with a primary key; rows/s."""
+    """COPY n ledger-shaped rows into a scratch table with a primary key; seconds taken."""
     import asyncpg
 
     url = runtime.db.url.replace("postgresql+asyncpg://", "postgresql://")
@@ -463,7 +466,32 @@ async def _copy_baseline(runtime: Any, n: int) -> float:
         await conn.execute("DROP TABLE bench_copy")
     finally:
         await conn.close()
-    return n / elapsed
+    return elapsed
+
+
+async def _settle(runtime: Any) -> None:
+    """Leave the database quiet after a run: the new rows vacuumed (autovacuum would
+    otherwise start on them during the second baseline) and their pages written out."""
+    import asyncpg
+
+    url = runtime.db.url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("VACUUM (ANALYZE) points_entries, points_lots, ingest_cap_usage, "
+                           "points_accounts")
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+def _baseline(n: int, before_s: float, after_s: float) -> dict[str, float]:
+    """The COPY baseline, measured on the quiet database before and after the run (these
+    machines' speed drifts within a minute; the two samples bracket the run): rows/s over
+    both, and each."""
+    return {"copy_per_s": 2 * n / (before_s + after_s),
+            "copy_before_per_s": round(n / before_s, 1),
+            "copy_after_per_s": round(n / after_s, 1)}
 
 
 # --- the command --------------------------------------------------------------------------
@@ -561,7 +589,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         t = time.perf_counter()
         prepared = await _prepare(runtime, k)
         console.print(f"prepared {k} linked citizens in {time.perf_counter() - t:.1f} s")
-        copy_per_s = await _copy_baseline(runtime, n)
+        copy_before_s = await _copy_baseline(runtime, n)
         port = free_port()
         if stack.mode == "embedded":
             server = _spawn(stack, ["serve", "--port", str(port)], TANHUI_RUN_WORKER="1")
@@ -603,6 +631,9 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
         total, distinct = await _credited(runtime, prepared.scene_id)
         total, distinct = total - 1000, distinct - 1000  # the warm-up events
         accepted = counts.get("accepted", 0)
+        await _settle(runtime)
+        baseline = _baseline(n, copy_before_s, await _copy_baseline(runtime, n))
+        copy_per_s = baseline.pop("copy_per_s")
         e2e = distinct / (done - began)
         return {
             "mode": stack.mode, "events": n,
@@ -613,6 +644,7 @@ async def _run(stack: Stack, console: Any, n: int, k: int, batch: int, clients: 
             "accepted": accepted, "rejected": counts.get("rejected", 0),
             "duplicates_answered": counts.get("duplicates", 0),
             "retries": sum(v for key, v in counts.items() if key.startswith("retry")),
+            **baseline,
             "citizens": k, "clients": clients, "connections": clients * connections,
             "api_processes": 1 if stack.mode == "embedded" else api_workers,
             "worker_processes": worker_procs, "consumers_per_worker": consumers,
@@ -646,7 +678,7 @@ async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
     runtime = await open_runtime(settings)
     try:
         prepared = await _prepare(runtime, k)
-        copy_per_s = await _copy_baseline(runtime, n)
+        copy_before_s = await _copy_baseline(runtime, n)
         async with runtime.db.session() as s:
             citizen_of: dict[str, uuid.UUID] = dict((await s.execute(text(
                 "SELECT partner_user_ref, citizen_id FROM partner_links "
@@ -680,13 +712,16 @@ async def _run_workers(stack: Stack, console: Any, n: int, k: int, batch: int,
         cpu1 = await _cpu_snapshot(stack, runtime, api=False)
         total, distinct = await _credited(runtime, prepared.scene_id)
         total, distinct = total - 1000, distinct - 1000
+        await _settle(runtime)
+        baseline = _baseline(n, copy_before_s, await _copy_baseline(runtime, n))
+        copy_per_s = baseline.pop("copy_per_s")
         rate = distinct / (done - began)
         return {
             "mode": stack.mode, "stage": "worker", "events": n,
             "credited_per_s": round(rate, 1), "copy_per_s": round(copy_per_s, 1),
             "ratio": round(rate / copy_per_s, 3), "lost": n - distinct,
             "duplicated": total - distinct, "publish_s": round(published - began, 2),
-            "credit_s": round(done - began, 2), "citizens": k,
+            "credit_s": round(done - began, 2), **baseline, "citizens": k,
             "worker_processes": worker_procs, "consumers_per_worker": consumers,
             "bus": runtime.bus.name,
             **{f"cpu_us_per_event_{k}": round((cpu1[k] - cpu0[k]) * 1e6 / max(1, n), 1)
