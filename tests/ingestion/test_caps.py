@@ -21,8 +21,9 @@ Row = tuple[RawBusEvent, int, int | None, int | None]
 
 
 def priced(citizen: uuid.UUID, event_id: str, at: dt.datetime, grams: int, *,
-           day_cap: int | None, year_cap: int | None, behaviour: str = "bus_ride") -> Row:
-    ev = RawBusEvent(SCENE.bytes, event_id, citizen.bytes, behaviour, 1000, at, at)
+           day_cap: int | None, year_cap: int | None, behaviour: str = "bus_ride",
+           scene: uuid.UUID = SCENE) -> Row:
+    ev = RawBusEvent(scene.bytes, event_id, citizen.bytes, behaviour, 1000, at, at)
     return ev, grams, day_cap, year_cap
 
 
@@ -98,3 +99,41 @@ async def test_concurrent_batches_of_one_citizen_never_exceed_the_cap(runtime: R
 
     totals = await asyncio.gather(*(one(p) for p in "abcd"))
     assert sum(totals) == 1500
+
+
+async def test_a_batch_of_many_citizens_scenes_and_behaviours_keeps_each_key_apart(
+        runtime: Runtime) -> None:
+    """The usage keys travel as positions among the batch's distinct citizens and scenes: in a
+    batch that interleaves them (with usage from an earlier batch on some keys), each
+    (citizen, scene, behaviour, day) and (…, year) gets its own cap and its own usage row."""
+    citizens = [uuid.uuid4() for _ in range(3)]
+    scenes = [uuid.uuid4(), uuid.uuid4()]
+    t0 = dt.datetime(2025, 8, 1, 1, 0, tzinfo=dt.UTC)
+    keys = [(c, sc, b) for c in citizens for sc in scenes for b in ("bus_ride", "步行")]
+
+    def row(n: int, key: tuple[uuid.UUID, uuid.UUID, str], grams: int) -> Row:
+        c, sc, b = key
+        return priced(c, f"m{n}", t0 + dt.timedelta(minutes=n), grams, day_cap=1000,
+                      year_cap=1500, behaviour=b, scene=sc)
+
+    # An earlier batch used 600 g of the day on every other key.
+    async with runtime.db.transaction() as s:
+        assert await apply_caps(s, batch_of([row(i, k, 600) for i, k in enumerate(keys)
+                                             if i % 2 == 0])) == [600] * (len(keys) // 2)
+    # Now 700 g on every key, twice over, interleaved across keys.
+    batch = [row(100 + n, keys[n % len(keys)], 700) for n in range(2 * len(keys))]
+    async with runtime.db.transaction() as s:
+        granted = await apply_caps(s, batch_of(batch))
+        used = {(r.citizen_id, r.scene_id, r.behaviour, r.kind): r.used_grams
+                for r in (await s.execute(text(
+                    "SELECT citizen_id, scene_id, behaviour, kind, used_grams "
+                    "FROM ingest_cap_usage WHERE citizen_id = ANY(:c)"),
+                    {"c": citizens})).all()}
+    for n, g in enumerate(granted):
+        first = n < len(keys)
+        if n % len(keys) % 2 == 0:  # 400 g left of the day, then none
+            assert g == (400 if first else 0), n
+        else:  # 1000 g left of the day: 700, then 300
+            assert g == (700 if first else 300), n
+    for i, (c, sc, b) in enumerate(keys):
+        assert used[(c, sc, b, "d")] == 1000 and used[(c, sc, b, "y")] == 1000, (i, used)
