@@ -107,7 +107,9 @@ def _include_routers(application: FastAPI) -> None:
     import trading.router
     from app import audit, health
 
-    for module in (health, audit, app.auth.router, app.calendar.router, app.console,
-                   scenes.router, points.router, ingestion.router, mall.router,
+    # The ingestion routes first: a request is matched against the routes in this order, and
+    # partner batches are most of the traffic (their paths overlap no other router's).
+    for module in (ingestion.router, health, audit, app.auth.router, app.calendar.router,
+                   app.console, scenes.router, points.router, mall.router,
                    registry.router, offsets.router, trading.router, accounts.router):
         application.include_router(module.router)

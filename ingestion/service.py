@@ -238,6 +238,7 @@ async def _rulebook(session: AsyncSession, pairs: set[tuple[UUID, str]]) -> Any:
 
 
 _VARIES = object()
+_UNSEEN: Any = object()
 
 
 def _rule_per_behaviour(
@@ -299,6 +300,7 @@ async def check_batch(
     candidates = checked.candidates
     positions = checked.positions
     scene_raw = scene_id.bytes
+    millis: dict[Decimal, int | None] = {}  # a batch's quantities repeat (hashing is cheaper)
     for i, ev in enumerate(events):
         at = ev.occurred_at
         code: str | None = None
@@ -311,7 +313,10 @@ async def check_batch(
             rule = fixed.get(ev.behaviour)
             if rule is _VARIES:
                 rule = rules.rule_at(scene_id, ev.behaviour, at)
-            milli = quantity_milli(ev.quantity)
+            quantity = ev.quantity
+            milli = millis.get(quantity, _UNSEEN) if quantity.is_finite() else None
+            if milli is _UNSEEN:
+                milli = millis[quantity] = quantity_milli(quantity)
             link = links.get(ev.partner_user_ref)
             if ev.behaviour not in behaviours:
                 code, detail = E.BEHAVIOUR_UNKNOWN, f"The scene has no behaviour {ev.behaviour!r}."
