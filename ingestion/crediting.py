@@ -36,6 +36,7 @@ from ingestion.schemas import (
     bucket_of_raw,
     bus_encoder,
 )
+from points.binary import timestamptz
 
 SHANGHAI = dt.timedelta(hours=8)  # Asia/Shanghai: UTC+8, no daylight saving since 1991
 
@@ -84,9 +85,11 @@ class Priced:
     """A batch's events with their rules applied, before the daily and yearly caps, as
     columns (one list per field, aligned). ``day`` is the Asia/Shanghai business date of a
     capped event (None when its rule has no day or year cap); the rule version ids are
-    UUID strings."""
+    UUID strings; ``occurred_us`` is each ``occurred_at`` as PostgreSQL's binary timestamptz
+    (the batch sorts by it twice, and the ledger's COPY writes it)."""
 
     events: list[RawBusEvent] = field(default_factory=list)
+    occurred_us: list[int] = field(default_factory=list)
     day: list[dt.date | None] = field(default_factory=list)
     grams: list[int] = field(default_factory=list)
     day_cap: list[int | None] = field(default_factory=list)
@@ -98,6 +101,7 @@ class Priced:
     def add(self, ev: RawBusEvent, grams: int, day_cap: int | None, year_cap: int | None,
             grams_per_point: int, reduction_rule: UUID, conversion_rule: UUID) -> None:
         self.events.append(ev)
+        self.occurred_us.append(timestamptz(ev.occurred_at))
         self.day.append(business_date(ev.occurred_at)
                         if day_cap is not None or year_cap is not None else None)
         self.grams.append(grams)
@@ -168,6 +172,7 @@ def price_events(
         evs = [events[i] for i in at]
         m = len(evs)
         priced.events.extend(evs)
+        priced.occurred_us.extend([timestamptz(t) for t in when])
         priced.grams.extend(rule.grams_for_all([ev.quantity_milli for ev in evs]))
         day_cap, year_cap = rule.cap_grams_per_day, rule.cap_grams_per_year
         # ``occurred_at`` is UTC: its Shanghai date
@@ -204,6 +209,7 @@ def _price_one_by_one(
             continue
         day_cap, year_cap = rule.cap_grams_per_day, rule.cap_grams_per_year
         priced.events.append(ev)
+        priced.occurred_us.append(timestamptz(at))
         priced.grams.append(rule.grams_for(ev.quantity_milli))  # the per-event cap included
         priced.day.append((at + SHANGHAI).date()
                           if day_cap is not None or year_cap is not None else None)
@@ -277,8 +283,7 @@ async def apply_caps(session: AsyncSession, priced: Priced) -> list[int]:
     capped = [i for i, day in enumerate(days) if day is not None]  # a day or a year cap
     if not capped:
         return granted
-    occurred = [ev.occurred_at for ev in events]
-    capped.sort(key=occurred.__getitem__)  # stable: ties stay in batch order
+    capped.sort(key=priced.occurred_us.__getitem__)  # stable: ties stay in batch order
     # Events of one (citizen, scene, behaviour, business day) share a group; a group's usage
     # keys (its day's, its year's) are made once, when an event of the group has that cap.
     group_of: dict[tuple[bytes, bytes, str, dt.date], int] = {}

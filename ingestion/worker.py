@@ -144,6 +144,7 @@ async def _credit_once(
                     event_id=[ev.event_id for ev in evs],
                     behaviour=[ev.behaviour for ev in evs],
                     occurred_at=[ev.occurred_at for ev in evs],
+                    occurred_us=priced.occurred_us,
                     grams=granted,
                     grams_per_point=priced.grams_per_point,
                     reduction_rule=priced.reduction_rule,

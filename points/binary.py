@@ -63,11 +63,12 @@ def _entry_struct(event_len: int, behaviour_field_len: int) -> struct.Struct:
 def entry_rows(
     ids: Sequence[int], accounts: Sequence[bytes], points: Sequence[int], created_at: datetime,
     order: Sequence[int], scenes: Sequence[Any], event_ids: Sequence[str],
-    behaviours: Sequence[str], occurred: Sequence[datetime], grams: Sequence[int],
+    behaviours: Sequence[str], occurred_us: Sequence[int], grams: Sequence[int],
     rates: Sequence[int], reduction_rules: Sequence[Any], conversion_rules: Sequence[Any],
 ) -> bytes:
     """The COPY data of credit entries: row ``j`` is credit ``order[j]`` of the source
-    columns, with ``ids[j]``, ``accounts[j]`` (16 bytes) and ``points[j]``."""
+    columns, with ``ids[j]``, ``accounts[j]`` (16 bytes) and ``points[j]``; ``occurred_us``
+    are the instants as :func:`timestamptz` gives them."""
     created = struct.pack("!iq", 8, timestamptz(created_at))
     scene_fields: dict[Any, bytes] = {}
     behaviour_fields: dict[str, bytes] = {}
@@ -88,7 +89,7 @@ def entry_rows(
             rules = rule_fields[pair] = uuid_field(pair[0]) + uuid_field(pair[1])
         add(_entry_struct(len(event), len(behaviour)).pack(
             13, 8, ids[j], 16, accounts[j], _KIND, 8, points[j], created, scene,
-            len(event), event, behaviour, 8, timestamptz(occurred[k]), 8, grams[k],
+            len(event), event, behaviour, 8, occurred_us[k], 8, grams[k],
             4, rates[k], rules))
     add(TRAILER)
     return b"".join(parts)

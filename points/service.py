@@ -208,6 +208,9 @@ class CreditColumns:
     grams_per_point: list[int] = field(default_factory=list)
     reduction_rule: list[Any] = field(default_factory=list)
     conversion_rule: list[Any] = field(default_factory=list)
+    # ``occurred_at`` as PostgreSQL's binary timestamptz (``binary.timestamptz``), when the
+    # caller has it: integers sort faster than aware datetimes, and the COPY writes them.
+    occurred_us: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -302,7 +305,9 @@ async def credit_columns(
     known: set[int] = set()
     if skip_known:
         known = await known_credits(session, credits.scene, credits.event_id)
-    occurred = credits.occurred_at
+    occurred = credits.occurred_us
+    if occurred is None:
+        occurred = [binary.timestamptz(t) for t in credits.occurred_at]
     # stable: ties stay in batch order
     order = sorted((k for k in range(len(credits)) if k not in known) if known
                    else range(len(credits)), key=occurred.__getitem__)

@@ -36,7 +36,8 @@ async def test_entry_and_lot_rows_read_back_exactly(db: Database) -> None:
         await raw.copy_to_table("e", columns=sql.CREDIT_COLUMNS, format="binary",
                                 source=io.BytesIO(binary.entry_rows(
                                     ids, [a.bytes for a in accounts], points, created, order,
-                                    [scene] * 4, events, behaviours, TIMES, [1, 22, 333, 0],
+                                    [scene] * 4, events, behaviours,
+                                    [binary.timestamptz(t) for t in TIMES], [1, 22, 333, 0],
                                     [100, 7, 1, 2], [rrv] * 4, [crv] * 4)))
         await raw.copy_to_table("l", columns=sql.LOT_COLUMNS, format="binary",
                                 source=io.BytesIO(binary.lot_rows(
